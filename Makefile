@@ -1,0 +1,36 @@
+# Two commands set up a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA_DIR ?= $(HOME)/.local/share/outpost
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck bench clean demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+## run: install, initialise a node with defaults if needed, serve the bundled sample model
+run: $(STAMP)
+	$(BIN)/outpost init --data-dir $(DATA_DIR)
+	exec $(BIN)/outpost run --data-dir $(DATA_DIR)
+
+## test: install what the tests need and run the whole suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check node federation models cli tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/serve.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

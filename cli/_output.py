@@ -1,0 +1,109 @@
+"""Human and JSON output for the CLI, and the one-line error convention."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+class CliError(Exception):
+    """An error to print as one line, with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[None]:
+    """Turn every expected failure into one line on stderr and a non-zero exit."""
+    from models import ModelError
+    from node.config import ConfigError
+    from node.control import Busy
+    from node.client import DaemonError
+    from node.keys import NodeKeyError
+    from node.modelhost import ModelNotFound
+    from node.store import StoreError
+
+    try:
+        yield
+    except CliError as exc:
+        click.echo(f"outpost: error: {exc}", err=True)
+        sys.exit(exc.code)
+    except (ModelError, ConfigError, Busy, DaemonError, NodeKeyError, ModelNotFound,
+            StoreError) as exc:
+        message = exc.args[0] if isinstance(exc, ModelNotFound) and exc.args else str(exc)
+        click.echo(f"outpost: error: {message}", err=True)
+        sys.exit(1)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_models(records: list[dict[str, Any]]) -> None:
+    if not records:
+        click.echo("no models; add one with `outpost models add PATH --name NAME`")
+        return
+    table = Table("name", "version", "size", "sha256", "inputs", "outputs", "provider")
+    for r in records:
+        sig = r["signature"]
+        table.add_row(
+            r["name"], r["version"], _size(r["size"]), r["sha256"][:16] + "…",
+            ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["inputs"]),
+            ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["outputs"]),
+            r.get("provider", "-"),
+        )
+    console.print(table)
+
+
+def print_status(info: dict[str, Any]) -> None:
+    daemon = "running" if info.get("running") else "stopped"
+    console.print(f"[bold]node[/bold] {info['node_id']}   daemon: {daemon}"
+                  + (f"   pid {info['pid']}   uptime {info['uptime_s']:.0f}s" if info.get("running") else ""))
+    if info.get("listen"):
+        console.print(f"app endpoint: http://{info['listen']}")
+    caps = info.get("capabilities", {})
+    if caps:
+        cpu, mem = caps["cpu"], caps["memory"]
+        console.print(
+            f"cpu {cpu['logical']} logical, load {cpu['load']}   memory "
+            f"{_size(mem['available'])} free of {_size(mem['total'])}   disk "
+            f"{_size(caps['disk']['free'])} free   gpus {len(caps['gpus'])}   "
+            f"onnxruntime {caps['onnxruntime']}"
+        )
+    table = Table("model", "version", "provider", "queue", "batching", "sha256")
+    for m in info.get("models", []):
+        table.add_row(m["name"], m["version"], m.get("provider", "-"),
+                      str(m.get("queue_depth", "-")), "dynamic" if m.get("dynamic_batching") else "off",
+                      m["sha256"][:16] + "…")
+    console.print(table)
+
+
+def print_infer(response: dict[str, Any]) -> None:
+    params = response.get("parameters", {})
+    console.print(f"{response.get('model_name')}:{response.get('model_version')} served by "
+                  f"{params.get('outpost.served_by', '?')} ({params.get('outpost.route', '?')})")
+    for output in response.get("outputs", []):
+        data = output.get("data")
+        text = json.dumps(data)
+        if len(text) > 400:
+            text = text[:400] + "…"
+        console.print(f"[bold]{output['name']}[/bold] {output['datatype']}{output['shape']}: {text}")

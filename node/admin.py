@@ -1,0 +1,87 @@
+"""The admin API: HTTP over a Unix socket in the data directory (``admin.sock``, mode 0600).
+
+The CLI talks to a running daemon through it, so that ``outpost models add`` loads the model live
+and ``outpost status`` shows the daemon's own view. Access control is the socket file's mode:
+only the node's owner can connect. JSON in, JSON out; errors as ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from models import ModelError
+from node.http import HTTPError, Receive, Scope, Send, read_body, send_error, send_json
+from node.modelhost import ModelHost, ModelNotFound
+from node.store import StoreError
+
+log = logging.getLogger("outpost.admin")
+
+Handler = Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]
+
+
+class AdminApp:
+    def __init__(self, host: ModelHost, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self.host = host
+        self.status = status
+        # Extra routes (audit, policy, ...) registered by other components: (method, prefix).
+        self.routes: dict[tuple[str, str], Handler] = {}
+
+    def route(self, method: str, prefix: str, handler: Handler) -> None:
+        self.routes[(method, prefix)] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await self._dispatch(scope, receive, send)
+        except HTTPError as exc:
+            await send_error(send, exc)
+        except (ModelError, StoreError, ValueError) as exc:
+            await send_error(send, HTTPError(400, str(exc)))
+        except ModelNotFound as exc:
+            await send_error(send, HTTPError(404, str(exc)))
+        except Exception as exc:
+            log.exception("admin %s %s failed", scope["method"], scope["path"])
+            await send_error(send, HTTPError(500, f"internal error: {exc}; see the daemon log"))
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        body = await read_body(scope, receive, 1024 * 1024)
+        try:
+            payload: dict[str, Any] = json.loads(body) if body else {}
+        except json.JSONDecodeError as exc:
+            raise HTTPError(400, f"admin request body is not JSON: {exc}") from None
+        query = _query(scope)
+        if path == "/status" and method == "GET":
+            await send_json(send, 200, await self.status())
+        elif path == "/models" and method == "GET":
+            await send_json(send, 200, [r.to_json() for r in await self.host.list()])
+        elif path == "/models" and method == "POST":
+            record = await self.host.add(
+                Path(payload["path"]), payload["name"], payload.get("version")
+            )
+            await send_json(send, 200, record.to_json())
+        elif path.startswith("/models/") and method == "DELETE":
+            removed = await self.host.remove(unquote(path[len("/models/"):]))
+            await send_json(send, 200, [r.to_json() for r in removed])
+        else:
+            for (m, prefix), handler in self.routes.items():
+                if m == method and (path == prefix or path.startswith(prefix + "/")):
+                    status, result = await handler({**query, **payload}, path[len(prefix):])
+                    await send_json(send, status, result)
+                    return
+            raise HTTPError(404, f"no admin endpoint {method} {path}")
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"").decode()
+    out: dict[str, str] = {}
+    for pair in filter(None, raw.split("&")):
+        key, _, value = pair.partition("=")
+        out[unquote(key)] = unquote(value)
+    return out

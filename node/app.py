@@ -1,0 +1,240 @@
+"""The app endpoint: Open Inference Protocol (KServe v2) REST API over ASGI, plus ``/metrics``.
+
+Routes (``{v}`` optional throughout)::
+
+    GET  /v2/health/live | /v2/health/ready | /v2
+    GET  /v2/models/{m}[/versions/{v}]            model metadata
+    GET  /v2/models/{m}[/versions/{v}]/ready
+    POST /v2/models/{m}[/versions/{v}]/infer      JSON or JSON + binary tensors
+    GET  /metrics                                  Prometheus text format
+
+Owns protocol mapping only: errors from ``models`` become ``{"error": ...}`` with the status the
+OIP clients expect. Content-Type is ignored on purpose (OIP.md: tritonclient's sync client sends
+none and its aio client sends octet-stream); JSON vs binary is decided by
+``Inference-Header-Content-Length`` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from models import CodecError, InferenceFailed, ModelUnavailable, Overloaded
+from models import decode_infer_request, encode_infer_response
+from node.http import (
+    JSON_TYPE,
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_error,
+    send_json,
+    send_response,
+)
+from node.metrics import CONTENT_TYPE as METRICS_TYPE
+from node.metrics import Metrics
+from node.modelhost import ModelHost, ModelNotFound, Served
+
+log = logging.getLogger("outpost.app")
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+_HDR_LEN = b"inference-header-content-length"
+_BINARY_TYPE = (b"content-type", b"application/octet-stream")
+
+
+@dataclass
+class InferRecord:
+    """What the audit log needs to know about one served inference (metadata, never tensors)."""
+
+    model: str
+    version: str
+    caller: str
+    data_class: str
+    outcome: str
+    input_sha256: str
+    status: int
+
+
+AuditServed = Callable[[InferRecord], Awaitable[None]]
+
+
+@dataclass
+class AppState:
+    node_id: str
+    server_version: str
+    max_body_bytes: int
+    default_data_class: str
+    ready: bool = False
+    on_served: AuditServed | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OipApp:
+    """The ASGI application served on ``node.listen``."""
+
+    def __init__(self, state: AppState, host: ModelHost, metrics: Metrics) -> None:
+        self.state = state
+        self.host = host
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except HTTPError as exc:
+            self.metrics.http_errors.labels(str(exc.status)).inc()
+            await send_error(send, exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await send_error(send, HTTPError(500, "internal error; see the daemon log"))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith("/v2/models/"):
+            parts = path[len("/v2/models/"):].split("/")
+            name, rest = parts[0], parts[1:]
+            version = None
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            action = rest[0] if len(rest) == 1 else ("" if not rest else None)
+            if not name or action is None:
+                raise HTTPError(404, f"no such endpoint {path}")
+            if action == "infer":
+                _expect(method, "POST", path)
+                await self._infer(scope, receive, send, name, version)
+                return
+            _expect(method, "GET", path)
+            served = self._resolve(name, version)
+            if action == "ready":
+                await send_json(send, 200 if self.state.ready else 503, {"ready": self.state.ready})
+            elif action == "":
+                await send_json(send, 200, self._metadata(served))
+            else:
+                raise HTTPError(404, f"no such endpoint {path}")
+            return
+        if path == "/v2/health/live":
+            await send_json(send, 200, {"live": True})
+        elif path == "/v2/health/ready":
+            await send_json(send, 200 if self.state.ready else 503, {"ready": self.state.ready})
+        elif path in ("/v2", "/v2/"):
+            await send_json(send, 200, {
+                "name": "outpost",
+                "version": self.state.server_version,
+                "extensions": EXTENSIONS,
+            })
+        elif path == "/metrics":
+            await send_response(send, 200, self.metrics.render(), [(b"content-type", METRICS_TYPE.encode())])
+        else:
+            raise HTTPError(404, f"no such endpoint {path}; the API lives under /v2")
+
+    def _resolve(self, name: str, version: str | None) -> Served:
+        try:
+            return self.host.resolve(name, version)
+        except ModelNotFound as exc:
+            raise HTTPError(404, str(exc)) from None
+
+    def _metadata(self, served: Served) -> dict[str, Any]:
+        record, model = served.record, served.model
+        sig = record.signature
+        versions = sorted(s.record.version for s in self.host.served() if s.record.name == record.name)
+        return {
+            "name": record.name,
+            "versions": versions,
+            "platform": PLATFORM,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in sig.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in sig.outputs],
+            "parameters": {
+                "outpost.version": record.version,
+                "outpost.provider": model.provider,
+                "outpost.sha256": record.sha256,
+                "outpost.dynamic_batching": sig.batch_dynamic,
+            },
+        }
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        started = time.perf_counter()
+        served = self._resolve(name, version)
+        record = served.record
+        if not self.state.ready:
+            raise HTTPError(503, "node is not ready (starting or draining); retry shortly",
+                            [(b"retry-after", b"1")])
+        body = await read_body(scope, receive, self.state.max_body_bytes)
+        raw_len = header(scope, _HDR_LEN)
+        header_length: int | None = None
+        if raw_len is not None:
+            try:
+                header_length = int(raw_len)
+            except ValueError:
+                raise HTTPError(400, "Inference-Header-Content-Length is not an integer") from None
+        status = 200
+        outcome = "ok"
+        try:
+            request = decode_infer_request(body, header_length, record.signature)
+            outputs = await served.model.infer(request.inputs)
+            params = request.parameters
+            data_class = str(params.get("outpost.data_class") or self.state.default_data_class)
+            out_body, json_len = encode_infer_response(
+                model_name=record.name,
+                model_version=record.version,
+                request=request,
+                outputs=outputs,
+                parameters={"outpost.served_by": self.state.node_id, "outpost.route": "local"},
+            )
+        except CodecError as exc:
+            status, outcome = 400, "bad_request"
+            await self._audit(record, scope, body, "", outcome, status)
+            raise HTTPError(400, str(exc)) from None
+        except Overloaded as exc:
+            status = 503
+            self.metrics.requests.labels(record.name, record.version, "503").inc()
+            raise HTTPError(
+                503, str(exc), [(b"retry-after", str(max(1, round(exc.retry_after))).encode())]
+            ) from None
+        except ModelUnavailable as exc:
+            self.metrics.requests.labels(record.name, record.version, "503").inc()
+            raise HTTPError(503, str(exc), [(b"retry-after", b"1")]) from None
+        except InferenceFailed as exc:
+            await self._audit(record, scope, body, "", "error", 500)
+            self.metrics.requests.labels(record.name, record.version, "500").inc()
+            raise HTTPError(500, str(exc)) from None
+        await self._audit(record, scope, body, data_class, outcome, status)
+        if json_len is None:
+            headers = [JSON_TYPE]
+        else:
+            headers = [_BINARY_TYPE, (_HDR_LEN, str(json_len).encode())]
+        await send_response(send, 200, out_body, headers)
+        self.metrics.requests.labels(record.name, record.version, "200").inc()
+        self.metrics.latency.labels(record.name, record.version).observe(time.perf_counter() - started)
+
+    async def _audit(
+        self, record: Any, scope: Scope, body: bytes, data_class: str, outcome: str, status: int
+    ) -> None:
+        if self.state.on_served is None:
+            return
+        client = scope.get("client")
+        caller = f"app@{client[0]}" if client else "app"
+        await self.state.on_served(InferRecord(
+            model=record.name,
+            version=record.version,
+            caller=caller,
+            data_class=data_class or self.state.default_data_class,
+            outcome=outcome,
+            input_sha256=hashlib.sha256(body).hexdigest(),
+            status=status,
+        ))
+
+
+def _expect(method: str, wanted: str, path: str) -> None:
+    if method != wanted:
+        raise HTTPError(405, f"{method} is not allowed on {path}; use {wanted}")

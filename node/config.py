@@ -1,0 +1,254 @@
+"""Node configuration: one documented dataclass per concern, read from one TOML file.
+
+Every default lives here and nowhere else: ``outpost init`` writes these defaults (with their
+documentation as comments) into ``<data-dir>/outpost.toml``, and the CLI reads its defaults from
+these fields. This module never opens sockets; it only reads and writes the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from models.runtime import RuntimeConfig
+
+CONFIG_FILE = "outpost.toml"
+_NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """The configuration file or a setting in it is invalid; the message names the key and fix."""
+
+
+def _doc(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"doc": text})
+
+
+def parse_hostport(value: str, *, key: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); raise ConfigError naming ``key`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key} = {value!r} is not HOST:PORT (for example 127.0.0.1:8470)")
+    return host.strip("[]"), int(port)
+
+
+def default_node_id() -> str:
+    """The host name, lower-cased and reduced to the node-id alphabet."""
+    raw = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
+    return (raw or "node")[:63]
+
+
+def validate_node_id(node_id: str) -> str:
+    if not _NODE_ID.match(node_id):
+        raise ConfigError(
+            f"node name {node_id!r} is invalid: use 1-63 characters a-z, 0-9 and '-', "
+            "starting with a letter or digit (it becomes a DNS name in the node's certificate)"
+        )
+    return node_id
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """Who this node is and where it listens."""
+
+    name: str = _doc(
+        "Node id: unique in the federation, bound into the node's certificate at enrollment. "
+        "Defaults to the host name at `outpost init`.",
+        "",
+    )
+    listen: str = _doc(
+        "App endpoint (Open Inference Protocol). Loopback by default: apps on this machine only. "
+        "Binding elsewhere exposes inference to the network.",
+        "127.0.0.1:8470",
+    )
+    peer_listen: str = _doc(
+        "Peer endpoint (mutual TLS; UDP gossip on the same port number).",
+        "0.0.0.0:8471",
+    )
+    max_body_bytes: int = _doc(
+        "Largest request body accepted on the app endpoint, in bytes. Larger bodies get 413 "
+        "before they are read: bounds memory per request.",
+        64 * 1024 * 1024,
+    )
+    drain_timeout_s: float = _doc(
+        "On SIGTERM/SIGINT: how long in-flight requests may take to finish before they are "
+        "cancelled. Longer is kinder to clients, shorter restarts faster.",
+        10.0,
+    )
+    default_data_class: str = _doc(
+        "Data class given to requests that carry no `outpost.data_class` parameter. The shipped "
+        "default, `restricted`, is a class the example policies never let leave the node.",
+        "restricted",
+    )
+
+    def __post_init__(self) -> None:
+        if self.name:
+            validate_node_id(self.name)
+        parse_hostport(self.listen, key="node.listen")
+        parse_hostport(self.peer_listen, key="node.peer_listen")
+        if not 1024 <= self.max_body_bytes <= 4 * 1024**3:
+            raise ConfigError("node.max_body_bytes must be between 1024 and 4 GiB")
+        if not 0 <= self.drain_timeout_s <= 600:
+            raise ConfigError("node.drain_timeout_s must be between 0 and 600 seconds")
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    """The model store."""
+
+    max_model_bytes: int = _doc(
+        "Largest ONNX file `models add` accepts, in bytes. Bounds disk use and load time.",
+        2 * 1024**3,
+    )
+    install_sample: bool = _doc(
+        "At `outpost init`, add the bundled sample model `digits` so a new node serves "
+        "something with no download.",
+        True,
+    )
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.max_model_bytes <= 64 * 1024**3:
+            raise ConfigError("models.max_model_bytes must be between 1 KiB and 64 GiB")
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    """The node's signed, Merkle-chained audit log."""
+
+    checkpoint_every_entries: int = _doc(
+        "Sign a new checkpoint after this many new entries. Smaller = fresher witness "
+        "coverage, more signatures stored.",
+        1000,
+    )
+    checkpoint_every_s: float = _doc(
+        "Also sign a checkpoint this often (seconds) when the log has grown at all.",
+        60.0,
+    )
+    max_group: int = _doc(
+        "Most entries written in one group-commit transaction. Bigger groups amortise the "
+        "fsync; the cap bounds one transaction's latency.",
+        4096,
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.checkpoint_every_entries <= 10**7:
+            raise ConfigError("audit.checkpoint_every_entries must be between 1 and 10^7")
+        if not 0.1 <= self.checkpoint_every_s <= 86400:
+            raise ConfigError("audit.checkpoint_every_s must be between 0.1 and 86400")
+        if not 1 <= self.max_group <= 100_000:
+            raise ConfigError("audit.max_group must be between 1 and 100000")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole node configuration, as stored in ``outpost.toml``."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    audit: AuditSection = field(default_factory=AuditSection)
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """A copy with fields of one section changed (validated again)."""
+        current = getattr(self, section)
+        return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "node": NodeSection,
+    "models": ModelsSection,
+    "runtime": RuntimeConfig,
+    "audit": AuditSection,
+}
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        cls = _SECTIONS.get(key)
+        if cls is None or not isinstance(value, dict):
+            raise ConfigError(f"{source}: unknown section [{key}]; known: {sorted(_SECTIONS)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(value) - known
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {sorted(unknown)} in [{key}]; known: {sorted(known)}"
+            )
+        try:
+            sections[key] = cls(**value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: [{key}] {exc}") from exc
+    return Config(**sections)
+
+
+def load(data_dir: Path) -> Config:
+    path = data_dir / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no node in {data_dir}: {CONFIG_FILE} is missing; run `outpost init --data-dir {data_dir}`"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
+    return from_dict(raw, source=str(path))
+
+
+def render(config: Config) -> str:
+    """TOML text of ``config`` with each field's documentation as a comment above it."""
+    out = ["# Outpost node configuration. Every key is shown with its default; edit and restart.\n"]
+    for sec in dataclasses.fields(config):
+        section = getattr(config, sec.name)
+        out.append(f"\n[{sec.name}]\n")
+        for f in dataclasses.fields(section):
+            doc = f.metadata.get("doc") or _field_doc(type(section), f.name)
+            for line in _wrap(doc):
+                out.append(f"# {line}\n")
+            out.append(tomli_w.dumps({f.name: getattr(section, f.name)}))
+    return "".join(out)
+
+
+def save(data_dir: Path, config: Config) -> Path:
+    path = data_dir / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render(config))
+    os.replace(tmp, path)
+    return path
+
+
+def _field_doc(cls: type[Any], name: str) -> str:
+    """Docs of dataclasses defined elsewhere come from an attribute docstring table."""
+    docs: dict[str, str] = getattr(cls, "FIELD_DOCS", {})
+    return docs.get(name, "")
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    if current:
+        lines.append(current)
+    return lines
+
+
+def default_data_dir() -> Path:
+    """``$OUTPOST_DATA_DIR``, else ``$XDG_DATA_HOME/outpost``, else ``~/.local/share/outpost``."""
+    env = os.environ.get("OUTPOST_DATA_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "outpost"

@@ -1,0 +1,266 @@
+"""The daemon's one structured lifecycle: startup → serve → drain → shutdown.
+
+Startup opens every component in order (lock, key, database and migrations, model runtime,
+listeners) and reports ready only once the listeners accept. Any startup failure raises
+:class:`StartupError` with one line naming the fix; the CLI turns it into exit code 3.
+
+On SIGTERM or SIGINT: readiness drops, listeners stop accepting, in-flight requests get
+``node.drain_timeout_s`` to finish (a second signal cuts that short), model queues drain, the
+audit trail records the stop, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from models import OrtBackend
+from node import control
+from node.admin import AdminApp
+from node.app import AppState, OipApp
+from node.config import Config, parse_hostport
+from node.keys import NodeKeyError, load_key
+from node.metrics import Metrics
+from node.modelhost import ModelHost
+from node.probe import probe
+from node.store import Store, StoreError
+
+log = logging.getLogger("outpost.daemon")
+
+EXIT_STARTUP_FAILURE = 3
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message is one line that names the fix."""
+
+
+def server_version() -> str:
+    try:
+        return version("outpost")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def bind_tcp(address: str, *, key: str) -> socket.socket:
+    host, port = parse_hostport(address, key=key)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"{address} is already in use (another outpost or program listens there); stop "
+                f"it or choose another address with --{key.split('.')[-1].replace('_', '-')} HOST:PORT"
+            ) from None
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}; check {key}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_unix(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # we hold the data-dir lock, so any socket file here is stale
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns the lifecycle."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+async def _start_server(app: Any, sock: socket.socket, drain_s: float) -> _Server:
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(drain_s, 0.01),
+        http="httptools",
+        loop="none",
+    )
+    config.load()
+    server = _Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    return server
+
+
+@dataclass
+class Daemon:
+    """A running node. Build with :func:`start`, stop with :meth:`stop`."""
+
+    data_dir: Path
+    config: Config
+    node_id: str
+    store: Store
+    host: ModelHost
+    metrics: Metrics
+    app_state: AppState
+    lock: control.DirLock
+    started_at: float
+    servers: list[_Server] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    listen: str = ""
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "version": server_version(),
+            "pid": os.getpid(),
+            "ready": self.app_state.ready,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "listen": self.listen,
+            "data_dir": str(self.data_dir),
+            "models": [
+                {
+                    "name": s.record.name,
+                    "version": s.record.version,
+                    "sha256": s.record.sha256,
+                    "provider": s.model.provider,
+                    "queue_depth": s.model.queue_depth,
+                    "dynamic_batching": s.record.signature.batch_dynamic,
+                }
+                for s in self.host.served()
+            ],
+            "capabilities": probe(self.data_dir),
+        }
+
+    async def stop(self) -> None:
+        """Drain and shut down every component, in reverse order of startup."""
+        self.app_state.ready = False
+        await asyncio.gather(*(s.shutdown() for s in self.servers))
+        for hook in reversed(self.on_stop):
+            await hook()
+        await self.host.close()
+        await self.store.close()
+        control.clear_runtime(self.data_dir)
+        self.lock.release()
+
+
+async def start(data_dir: Path, config: Config) -> Daemon:
+    """Bring every component up; raise StartupError (nothing left running) on failure."""
+    lock = control.DirLock(data_dir)
+    try:
+        lock.acquire(holder="outpost daemon")
+    except control.Busy as exc:
+        raise StartupError(str(exc)) from None
+    except FileNotFoundError:
+        raise StartupError(
+            f"data directory {data_dir} does not exist; run `outpost init --data-dir {data_dir}`"
+        ) from None
+    cleanup: list[Callable[[], Awaitable[None]]] = []
+    try:
+        try:
+            load_key(data_dir)
+        except NodeKeyError as exc:
+            raise StartupError(str(exc)) from None
+        node_id = config.node.name
+        try:
+            store = await Store.open(data_dir)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        cleanup.append(store.close)
+        host_ref: list[ModelHost] = []
+        metrics = Metrics(lambda: (
+            (s.record.name, s.record.version, s.model.queue_depth)
+            for s in (host_ref[0].served() if host_ref else [])
+        ))
+        backend = OrtBackend(config.runtime, observer=metrics.observe_batch)
+        host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes,
+                         backend=backend)
+        host_ref.append(host)
+        cleanup.append(host.close)
+        await host.load_all()
+        app_state = AppState(
+            node_id=node_id,
+            server_version=server_version(),
+            max_body_bytes=config.node.max_body_bytes,
+            default_data_class=config.node.default_data_class,
+        )
+        app_sock = bind_tcp(config.node.listen, key="node.listen")
+        admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
+        daemon = Daemon(
+            data_dir=data_dir, config=config, node_id=node_id, store=store, host=host,
+            metrics=metrics, app_state=app_state, lock=lock, started_at=time.time(),
+        )
+        admin = AdminApp(host, daemon.status)
+        daemon.admin = admin  # type: ignore[attr-defined]
+        drain = config.node.drain_timeout_s
+        daemon.servers.append(await _start_server(OipApp(app_state, host, metrics), app_sock, drain))
+        daemon.servers.append(await _start_server(admin, admin_sock, drain))
+        host_addr, port = app_sock.getsockname()[:2]
+        daemon.listen = f"{host_addr}:{port}"
+    except BaseException:
+        for close in reversed(cleanup):
+            with contextlib.suppress(Exception):
+                await close()
+        lock.release()
+        raise
+    control.write_runtime(data_dir, control.RuntimeInfo(
+        pid=os.getpid(), listen=daemon.listen,
+        admin_socket=str(data_dir / control.ADMIN_SOCKET), node_id=node_id,
+    ))
+    app_state.ready = True
+    log.info("node %s ready: app endpoint http://%s, admin %s", node_id, daemon.listen,
+             data_dir / control.ADMIN_SOCKET)
+    return daemon
+
+
+async def run(data_dir: Path, config: Config) -> int:
+    """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signals_seen.append(sig)
+        if len(signals_seen) == 1:
+            log.info("received %s: draining (send again to stop at once)", signal.Signals(sig).name)
+            stop.set()
+        else:
+            for server in daemon_ref:
+                for s in server.servers:
+                    s.force_exit = True
+
+    daemon_ref: list[Daemon] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        daemon = await start(data_dir, config)
+        daemon_ref.append(daemon)
+        print(f"outpost: node {daemon.node_id} ready on http://{daemon.listen}", flush=True)
+        await stop.wait()
+        await daemon.stop()
+        log.info("node %s stopped", daemon.node_id)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one daemon, in a registry of its own (several daemons may share a test
+process). Owns metric names and labels; the endpoint serves :meth:`Metrics.render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Latency buckets from 100 µs to 10 s: local inference of small models sits in the first few.
+_LATENCY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+            1.0, 2.5, 5.0, 10.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily(
+            "outpost_queue_depth", "Requests waiting or running per model version",
+            labels=["model", "version"],
+        )
+        for name, version, depth in self._depths():
+            gauge.add_metric([name, version], depth)
+        yield gauge
+
+
+class Metrics:
+    def __init__(self, queue_depths: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "outpost_requests", "Inference requests by model, version and HTTP status",
+            ["model", "version", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "outpost_request_seconds", "Inference request latency inside the daemon",
+            ["model", "version"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "outpost_batch_size", "Requests executed together in one micro-batch",
+            ["model", "version"], buckets=_BATCH, registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "outpost_batch_seconds", "onnxruntime time per micro-batch",
+            ["model", "version"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.http_errors = Counter(
+            "outpost_http_errors", "Requests refused before reaching a model, by status",
+            ["code"], registry=self.registry,
+        )
+        self.registry.register(_QueueCollector(queue_depths))
+
+    def observe_batch(self, name: str, version: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(name, version).observe(size)
+        self.batch_seconds.labels(name, version).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,186 @@
+"""The models a node holds: catalogue rows (SQLite), blobs (files by hash) and loaded sessions.
+
+One code path for both worlds: the CLI with the daemon stopped uses a ``ModelHost`` with no
+backend (it only changes the catalogue and blobs); the daemon uses one with a backend, so an
+added model is loaded live and a removed one is unloaded after its queue drains.
+
+Hot path: :meth:`resolve` is a dict lookup; everything else is admin traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from models import (
+    Backend,
+    BlobStore,
+    InvalidName,
+    LoadedModel,
+    ModelError,
+    inspect_model,
+    parse_ref,
+    validate_name,
+    validate_version,
+)
+from node.store import ModelRecord, Store, StoreError, next_version
+
+log = logging.getLogger("outpost.models")
+
+BLOB_DIR = "blobs"
+
+
+class ModelNotFound(LookupError):
+    """No such model (or version) on this node; maps to HTTP 404."""
+
+
+@dataclass
+class Served:
+    """A loaded model version as the endpoint sees it."""
+
+    record: ModelRecord
+    model: LoadedModel
+
+
+class ModelHost:
+    def __init__(
+        self,
+        store: Store,
+        data_dir: Path,
+        *,
+        max_model_bytes: int,
+        backend: Backend | None = None,
+    ) -> None:
+        self.store = store
+        self.blobs = BlobStore(data_dir / BLOB_DIR)
+        self.max_model_bytes = max_model_bytes
+        self.backend = backend
+        # name -> version -> Served; "latest" is the most recently added version.
+        self._served: dict[str, dict[str, Served]] = {}
+        self._latest: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    # -- hot path ----------------------------------------------------------------------------
+
+    def resolve(self, name: str, version: str | None = None) -> Served:
+        versions = self._served.get(name)
+        if not versions:
+            raise ModelNotFound(
+                f"model {name!r} is not served here; `outpost models list` shows what is"
+            )
+        if version is None:
+            version = self._latest[name]
+        served = versions.get(version)
+        if served is None:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; versions here: "
+                f"{', '.join(sorted(versions))}"
+            )
+        return served
+
+    def served(self) -> list[Served]:
+        return [s for versions in self._served.values() for s in versions.values()]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def load_all(self) -> list[str]:
+        """Load every catalogued model; returns the refs that failed (logged, not fatal)."""
+        self.blobs.sweep()
+        failed: list[str] = []
+        for record in await self.store.list_models():
+            try:
+                await self._load(record)
+            except ModelError as exc:
+                log.error("model %s not loaded: %s", record.ref, exc)
+                failed.append(record.ref)
+        return failed
+
+    async def close(self) -> None:
+        for served in self.served():
+            await served.model.close()
+        self._served.clear()
+        self._latest.clear()
+
+    async def _load(self, record: ModelRecord) -> None:
+        if self.backend is None:
+            return
+        path = self.blobs.path(record.sha256)
+        model = await self.backend.load(record.name, record.version, path, record.signature)
+        self._served.setdefault(record.name, {})[record.version] = Served(record, model)
+        self._latest[record.name] = record.version
+        log.info("model %s loaded on %s", record.ref, model.provider)
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def add(self, path: Path, name: str, version: str | None = None) -> ModelRecord:
+        """Validate and store ``path`` as ``name:version``, and load it when serving.
+
+        Nothing is left behind on failure: the blob is removed unless another version uses it.
+        """
+        validate_name(name)
+        if version is not None:
+            validate_version(version)
+        if not path.is_file():
+            raise ModelError(f"{path} is not a file; give the path of an .onnx model")
+        async with self._lock:
+            if version is None:
+                existing = [r.version for r in await self.store.list_models() if r.name == name]
+                version = next_version(existing)
+            if await self.store.get_model(name, version) is not None:
+                raise StoreError(
+                    f"model {name}:{version} already exists; remove it first with "
+                    f"`outpost models rm {name}:{version}` or choose another --version"
+                )
+            existed_before = set(self.blobs.list())
+            info = await asyncio.to_thread(self.blobs.ingest, path, max_bytes=self.max_model_bytes)
+            try:
+                signature = await asyncio.to_thread(inspect_model, info.path)
+                record = await self.store.add_model(name, version, info.sha256, info.size, signature)
+                try:
+                    await self._load(record)
+                except BaseException:
+                    await self.store.remove_model(name, version)
+                    raise
+            except BaseException:
+                if info.sha256 not in existed_before:
+                    self.blobs.remove(info.sha256)
+                raise
+            return record
+
+    async def remove(self, ref: str) -> list[ModelRecord]:
+        """Remove ``name`` (every version) or ``name:version``; returns what was removed."""
+        name, version = parse_ref(ref)
+        async with self._lock:
+            records = [
+                r
+                for r in await self.store.list_models()
+                if r.name == name and (version is None or r.version == version)
+            ]
+            if not records:
+                raise ModelNotFound(
+                    f"no model {ref!r} here; `outpost models list` shows what is"
+                )
+            for record in records:
+                await self.store.remove_model(record.name, record.version)
+                served = self._served.get(record.name, {}).pop(record.version, None)
+                if served is not None:
+                    await served.model.close()
+                if not self._served.get(record.name):
+                    self._served.pop(record.name, None)
+                    self._latest.pop(record.name, None)
+                elif self._latest.get(record.name) == record.version:
+                    remaining = self._served[record.name]
+                    self._latest[record.name] = max(
+                        remaining.values(), key=lambda s: s.record.added_at
+                    ).record.version
+                if not await self.store.sha256_in_use(record.sha256):
+                    self.blobs.remove(record.sha256)
+            return records
+
+    async def list(self) -> list[ModelRecord]:
+        return await self.store.list_models()
+
+
+__all__ = ["InvalidName", "ModelHost", "ModelNotFound", "Served"]

@@ -1,0 +1,210 @@
+"""The node's SQLite database: one file, WAL mode, schema versioned by ordered migrations.
+
+Owns the connection, the migrations and the small typed queries every component uses. It never
+decides anything (no policy, no validation beyond integrity) and never touches model blobs,
+which live beside the database as files named by hash (``models.blobs``).
+
+Durability: ``synchronous=FULL`` in WAL mode, so a committed transaction survives power loss;
+callers that need many durable writes per second batch them (group commit, ``node.audit``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from models import ModelSignature
+
+DB_FILE = "outpost.db"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: str
+    sha256: str
+    size: int
+    signature: ModelSignature
+    added_at: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "added_at": self.added_at,
+            "signature": self.signature.to_json(),
+        }
+
+
+# Each migration is a list of statements, applied in one transaction; index + 1 = user_version.
+# ONLY APPEND: a released migration never changes, later ones adjust what came before.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE models (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            signature TEXT NOT NULL,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (name, version)
+        )""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+]
+
+Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+
+class Store:
+    """An open database. Create with :meth:`open`; one per process and data directory."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, data_dir: Path, migrations: Sequence[list[str]] = MIGRATIONS) -> Store:
+        path = data_dir / DB_FILE
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}; check permissions") from exc
+        store = cls(conn, path)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await store._migrate(migrations)
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise StoreError(
+                f"database {path} is corrupt or not an Outpost database ({exc}); restore it "
+                "from a backup, or move it aside and run `outpost init` to start empty"
+            ) from exc
+        return store
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def _migrate(self, migrations: Sequence[list[str]]) -> None:
+        async with self.conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > len(migrations):
+            raise StoreError(
+                f"database {self.path} has schema version {current}, newer than this Outpost "
+                f"knows ({len(migrations)}); upgrade Outpost"
+            )
+        for number in range(current, len(migrations)):
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in migrations[number]:
+                    await self.conn.execute(statement)
+                await self.conn.execute(f"PRAGMA user_version={number + 1}")
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+
+    async def schema_version(self) -> int:
+        async with self.conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (key, value),
+        )
+
+    # -- models -------------------------------------------------------------------------------
+
+    async def add_model(
+        self, name: str, version: str, sha256: str, size: int, signature: ModelSignature
+    ) -> ModelRecord:
+        record = ModelRecord(name, version, sha256, size, signature, time.time())
+        try:
+            await self.conn.execute(
+                "INSERT INTO models(name, version, sha256, size, signature, added_at) "
+                "VALUES(?, ?, ?, ?, ?, ?)",
+                (name, version, sha256, size, json.dumps(signature.to_json()), record.added_at),
+            )
+        except sqlite3.IntegrityError:
+            raise StoreError(
+                f"model {name}:{version} already exists; remove it first with "
+                f"`outpost models rm {name}:{version}` or choose another --version"
+            ) from None
+        return record
+
+    async def remove_model(self, name: str, version: str) -> ModelRecord | None:
+        record = await self.get_model(name, version)
+        if record is not None:
+            await self.conn.execute(
+                "DELETE FROM models WHERE name=? AND version=?", (name, version)
+            )
+        return record
+
+    async def list_models(self) -> list[ModelRecord]:
+        async with self.conn.execute(
+            "SELECT name, version, sha256, size, signature, added_at FROM models "
+            "ORDER BY name, added_at"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_model(row) for row in rows]
+
+    async def get_model(self, name: str, version: str) -> ModelRecord | None:
+        async with self.conn.execute(
+            "SELECT name, version, sha256, size, signature, added_at FROM models "
+            "WHERE name=? AND version=?",
+            (name, version),
+        ) as cur:
+            row = await cur.fetchone()
+        return _model(row) if row else None
+
+    async def sha256_in_use(self, sha256: str) -> bool:
+        async with self.conn.execute("SELECT 1 FROM models WHERE sha256=? LIMIT 1", (sha256,)) as cur:
+            return await cur.fetchone() is not None
+
+
+def _model(row: Any) -> ModelRecord:
+    return ModelRecord(
+        name=row[0],
+        version=row[1],
+        sha256=row[2],
+        size=int(row[3]),
+        signature=ModelSignature.from_json(json.loads(row[4])),
+        added_at=float(row[5]),
+    )
+
+
+def next_version(existing: Sequence[str]) -> str:
+    """The version ``models add`` gives when none is named: one more than the highest integer."""
+    numbers = [int(v) for v in existing if v.isdigit()]
+    return str(max(numbers, default=0) + 1)
