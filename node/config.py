@@ -7,10 +7,14 @@ these fields. This module never opens sockets; it only reads and writes the conf
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import os
 import re
 import socket
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +30,6 @@ _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 class ConfigError(ValueError):
     """The configuration file or a setting in it is invalid; the message names the key and fix."""
-
-
-def _doc(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"doc": text})
 
 
 def parse_hostport(value: str, *, key: str) -> tuple[str, int]:
@@ -59,35 +59,29 @@ def validate_node_id(node_id: str) -> str:
 class NodeSection:
     """Who this node is and where it listens."""
 
-    name: str = _doc(
-        "Node id: unique in the federation, bound into the node's certificate at enrollment. "
-        "Defaults to the host name at `outpost init`.",
-        "",
-    )
-    listen: str = _doc(
-        "App endpoint (Open Inference Protocol). Loopback by default: apps on this machine only. "
-        "Binding elsewhere exposes inference to the network.",
-        "127.0.0.1:8470",
-    )
-    peer_listen: str = _doc(
-        "Peer endpoint (mutual TLS; UDP gossip on the same port number).",
-        "0.0.0.0:8471",
-    )
-    max_body_bytes: int = _doc(
-        "Largest request body accepted on the app endpoint, in bytes. Larger bodies get 413 "
-        "before they are read: bounds memory per request.",
-        64 * 1024 * 1024,
-    )
-    drain_timeout_s: float = _doc(
-        "On SIGTERM/SIGINT: how long in-flight requests may take to finish before they are "
-        "cancelled. Longer is kinder to clients, shorter restarts faster.",
-        10.0,
-    )
-    default_data_class: str = _doc(
-        "Data class given to requests that carry no `outpost.data_class` parameter. The shipped "
-        "default, `restricted`, is a class the example policies never let leave the node.",
-        "restricted",
-    )
+    name: str = ""
+    """Node id: unique in the federation, bound into the node's certificate at enrollment.
+    Defaults to the host name at `outpost init`."""
+
+    listen: str = "127.0.0.1:8470"
+    """App endpoint (Open Inference Protocol). Loopback by default: apps on this machine only.
+    Binding elsewhere exposes inference to the network."""
+
+    peer_listen: str = "0.0.0.0:8471"
+    """Peer endpoint (mutual TLS; UDP gossip on the same port number)."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest request body accepted on the app endpoint, in bytes. Larger bodies get 413
+    before they are read: bounds memory per request."""
+
+    drain_timeout_s: float = 10.0
+    """On SIGTERM/SIGINT: how long in-flight requests may take to finish before they are
+    cancelled. Longer is kinder to clients, shorter restarts faster."""
+
+    default_data_class: str = "restricted"
+    """Data class given to requests that carry no `outpost.data_class` parameter. The shipped
+    default, `restricted`, is a class the example policies never let leave the node."""
+
 
     def __post_init__(self) -> None:
         if self.name:
@@ -104,15 +98,13 @@ class NodeSection:
 class ModelsSection:
     """The model store."""
 
-    max_model_bytes: int = _doc(
-        "Largest ONNX file `models add` accepts, in bytes. Bounds disk use and load time.",
-        2 * 1024**3,
-    )
-    install_sample: bool = _doc(
-        "At `outpost init`, add the bundled sample model `digits` so a new node serves "
-        "something with no download.",
-        True,
-    )
+    max_model_bytes: int = 2 * 1024**3
+    """Largest ONNX file `models add` accepts, in bytes. Bounds disk use and load time."""
+
+    install_sample: bool = True
+    """At `outpost init`, add the bundled sample model `digits` so a new node serves something
+    with no download."""
+
 
     def __post_init__(self) -> None:
         if not 1024 <= self.max_model_bytes <= 64 * 1024**3:
@@ -123,20 +115,17 @@ class ModelsSection:
 class AuditSection:
     """The node's signed, Merkle-chained audit log."""
 
-    checkpoint_every_entries: int = _doc(
-        "Sign a new checkpoint after this many new entries. Smaller = fresher witness "
-        "coverage, more signatures stored.",
-        1000,
-    )
-    checkpoint_every_s: float = _doc(
-        "Also sign a checkpoint this often (seconds) when the log has grown at all.",
-        60.0,
-    )
-    max_group: int = _doc(
-        "Most entries written in one group-commit transaction. Bigger groups amortise the "
-        "fsync; the cap bounds one transaction's latency.",
-        4096,
-    )
+    checkpoint_every_entries: int = 1000
+    """Sign a new checkpoint after this many new entries. Smaller = fresher witness coverage,
+    more signatures stored."""
+
+    checkpoint_every_s: float = 60.0
+    """Also sign a checkpoint this often (seconds) when the log has grown at all."""
+
+    max_group: int = 4096
+    """Most entries written in one group-commit transaction. Bigger groups amortise the fsync;
+    the cap bounds one transaction's latency."""
+
 
     def __post_init__(self) -> None:
         if not 1 <= self.checkpoint_every_entries <= 10**7:
@@ -209,7 +198,7 @@ def render(config: Config) -> str:
         section = getattr(config, sec.name)
         out.append(f"\n[{sec.name}]\n")
         for f in dataclasses.fields(section):
-            doc = f.metadata.get("doc") or _field_doc(type(section), f.name)
+            doc = field_docs(type(section)).get(f.name, "")
             for line in _wrap(doc):
                 out.append(f"# {line}\n")
             out.append(tomli_w.dumps({f.name: getattr(section, f.name)}))
@@ -224,10 +213,22 @@ def save(data_dir: Path, config: Config) -> Path:
     return path
 
 
-def _field_doc(cls: type[Any], name: str) -> str:
-    """Docs of dataclasses defined elsewhere come from an attribute docstring table."""
-    docs: dict[str, str] = getattr(cls, "FIELD_DOCS", {})
-    return docs.get(name, "")
+@functools.cache
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """The attribute docstrings of a config dataclass (the string under each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
 
 
 def _wrap(text: str, width: int = 96) -> list[str]:

@@ -11,13 +11,13 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 
+from models import SAMPLE_MODEL
 from node import config as cfg
 from node import control
 from node.client import DaemonError, connect
@@ -28,10 +28,6 @@ from node.store import Store
 T = TypeVar("T")
 
 SAMPLE_NAME = "digits"
-
-
-def sample_model_path() -> Path:
-    return Path(str(resources.files("models") / "sample" / "digits.onnx"))
 
 
 @dataclass
@@ -88,7 +84,7 @@ def init_node(data_dir: Path, *, name: str | None = None, sample: bool = True) -
             return None
         if await host.store.get_meta("sample_installed"):
             return None
-        record = await host.add(sample_model_path(), SAMPLE_NAME, "1")
+        record = await host.add(SAMPLE_MODEL, SAMPLE_NAME, "1")
         await host.store.set_meta("sample_installed", "1")
         return record.ref
 

@@ -1,0 +1,280 @@
+"""Dynamic micro-batching on one worker thread per model version.
+
+Owns the bounded request queue, the worker thread, how requests are grouped into one
+run, how outputs are split back, and how results cross back to the event loop. It knows
+nothing about onnxruntime: it calls a ``run(feed) -> outputs`` function, so any backend
+that can run a feed dict synchronously (in-process session, a remote actor call) can put
+it behind the same queue. Must never run a model on the event loop thread, and never let
+one failing request or observer stop the worker.
+
+Theory of operation::
+
+    event loop thread                         worker thread
+    -----------------                         -------------
+    submit(inputs)                            wait until queue non-empty or closing
+      closed?        -> ModelUnavailable      take the head job, then every following
+      depth >= max   -> Overloaded              compatible job (same input dtypes and
+      append job, notify                        non-batch dims) up to max_batch_size rows,
+      return future                             waiting up to max_batch_delay for more
+                                              run once (concatenated along axis 0),
+    future resolved  <- call_soon_threadsafe    split outputs back by row counts
+                                              on error: rerun each job alone, so one bad
+                                                request fails only itself
+    close()                                   closing and queue empty -> thread exits
+      stop accepting, notify, join
+
+``queue_depth`` counts jobs accepted and not yet answered (queued + running); it is what
+``max_queue`` bounds and what placement reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from models.errors import InferenceFailed, ModelError, ModelUnavailable, Overloaded
+
+__all__ = ["Batcher", "Observer", "RunFn"]
+
+log = logging.getLogger(__name__)
+
+Tensor = np.ndarray[Any, Any]
+Outputs = dict[str, Tensor]
+RunFn = Callable[[dict[str, Tensor]], Outputs]
+"""Runs one feed synchronously on the worker thread and returns every output."""
+Observer = Callable[[str, str, int, float], None]
+"""``(name, version, batch_size, seconds)`` after every run, on the worker thread: keep it
+quick and thread-safe. ``batch_size`` counts requests in the run, not rows."""
+
+
+class _Job:
+    __slots__ = ("future", "inputs", "key", "loop", "rows")
+
+    def __init__(self, inputs: dict[str, Tensor], future: asyncio.Future[Outputs]) -> None:
+        self.inputs = inputs
+        self.future = future
+        self.loop = future.get_loop()
+        # Filled in by the worker, off the event loop.
+        self.key: tuple[object, ...] | None = None
+        self.rows = 0
+
+
+class Batcher:
+    """A bounded queue in front of ``run`` with one worker thread that batches."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        name: str,
+        version: str,
+        batchable: bool,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        max_queue: int,
+        retry_after_s: float,
+        observer: Observer | None = None,
+    ) -> None:
+        self._run = run
+        self._name, self._version = name, version
+        self._batchable = batchable and max_batch_size > 1
+        self._max_rows = max_batch_size
+        self._delay = max_batch_delay_s
+        self._max_queue = max_queue
+        self._retry_after = retry_after_s
+        self._observer = observer
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._depth = 0
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._work, name=f"outpost-model-{name}:{version}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._depth
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def submit(self, inputs: dict[str, Tensor]) -> asyncio.Future[Outputs]:
+        """Queue one request; the future resolves on the caller's loop with its outputs."""
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        job = _Job(inputs, future)
+        with self._cond:
+            if self._closing:
+                raise ModelUnavailable(
+                    f"model {self._name}:{self._version} is closed; load it again to serve it"
+                )
+            if self._depth >= self._max_queue:
+                raise Overloaded(
+                    f"model {self._name}:{self._version} has {self._depth} requests pending "
+                    f"(limit models.max_queue = {self._max_queue}); retry after "
+                    f"{self._retry_after:g} s or send it to another node",
+                    retry_after=self._retry_after,
+                )
+            self._queue.append(job)
+            self._depth += 1
+            self._cond.notify()
+        return future
+
+    async def close(self) -> None:
+        """Stop accepting, let the worker finish every queued request, join it."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        await asyncio.to_thread(self._thread.join)
+
+    # -- worker thread ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closing and drained
+                batch = self._take()
+            if batch:  # empty when every queued job had been cancelled
+                self._deliver(batch, self._execute(batch))
+
+    def _take(self) -> list[_Job]:
+        """Under the lock: the next batch (empty when only cancelled jobs were queued)."""
+        first = self._pop_live()
+        if first is None:
+            return []
+        batch = [first]
+        if not self._batchable or not self._prepare(first):
+            return batch
+        rows = first.rows
+        deadline: float | None = None
+        while rows < self._max_rows:
+            while self._queue and rows < self._max_rows:
+                job = self._queue[0]
+                if job.future.cancelled():
+                    self._queue.popleft()
+                    self._depth -= 1
+                    continue
+                if not self._prepare(job) or job.key != first.key or rows + job.rows > self._max_rows:
+                    return batch  # keep FIFO order: the next batch starts with this job
+                self._queue.popleft()
+                batch.append(job)
+                rows += job.rows
+            if self._delay <= 0 or self._closing or rows >= self._max_rows:
+                break
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self._delay
+            if now >= deadline:
+                break
+            self._cond.wait(deadline - now)
+        return batch
+
+    def _pop_live(self) -> _Job | None:
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.cancelled():  # the caller went away: do not run it
+                return job
+            self._depth -= 1
+        return None
+
+    @staticmethod
+    def _prepare(job: _Job) -> bool:
+        """Compute the job's batching key; False if it cannot share a run."""
+        if job.key is None:
+            arrays = list(job.inputs.values())
+            if not arrays or any(a.ndim == 0 for a in arrays):
+                job.key = ("alone",)
+                return False
+            rows = arrays[0].shape[0]
+            if any(a.shape[0] != rows for a in arrays):
+                job.key = ("alone",)
+                return False
+            job.rows = rows
+            job.key = tuple(
+                (name, a.dtype.str, a.shape[1:]) for name, a in sorted(job.inputs.items())
+            )
+        return job.key != ("alone",)
+
+    def _execute(self, batch: list[_Job]) -> list[Outputs | BaseException]:
+        if len(batch) == 1:
+            return [self._run_timed(batch[0].inputs, 1)]
+        names = list(batch[0].inputs)
+        feed = {n: np.concatenate([job.inputs[n] for job in batch]) for n in names}
+        merged = self._run_timed(feed, len(batch))
+        if not isinstance(merged, BaseException):
+            split = self._split(merged, batch)
+            if split is not None:
+                return split
+        # A failed or unsplittable batch: run each request alone so only the bad one fails.
+        return [self._run_timed(job.inputs, 1) for job in batch]
+
+    def _run_timed(self, feed: dict[str, Tensor], requests: int) -> Outputs | BaseException:
+        start = time.perf_counter()
+        try:
+            result: Outputs | BaseException = self._run(feed)
+        except Exception as exc:
+            result = exc
+        elapsed = time.perf_counter() - start
+        if self._observer is not None:
+            try:
+                self._observer(self._name, self._version, requests, elapsed)
+            except Exception:
+                log.exception("inference observer failed for %s:%s", self._name, self._version)
+        return result
+
+    @staticmethod
+    def _split(outputs: Outputs, batch: list[_Job]) -> list[Outputs | BaseException] | None:
+        total = sum(job.rows for job in batch)
+        if any(a.ndim == 0 or a.shape[0] != total for a in outputs.values()):
+            return None  # outputs do not follow the batch dimension: cannot split
+        results: list[Outputs | BaseException] = []
+        start = 0
+        for job in batch:
+            stop = start + job.rows
+            results.append({name: a[start:stop] for name, a in outputs.items()})
+            start = stop
+        return results
+
+    def _deliver(self, batch: list[_Job], results: list[Outputs | BaseException]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Any]]] = {}
+        for job, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                result = self._as_model_error(result)
+            by_loop.setdefault(job.loop, []).append((job.future, result))
+        with self._cond:
+            self._depth -= len(batch)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, items)
+
+    def _as_model_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, ModelError):
+            return exc
+        wrapped = InferenceFailed(
+            f"model {self._name}:{self._version} failed to run the request: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        wrapped.__cause__ = exc
+        return wrapped
+
+
+def _resolve(items: list[tuple[asyncio.Future[Outputs], Any]]) -> None:
+    for future, result in items:
+        if future.done():  # cancelled while running
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -1,0 +1,399 @@
+"""The inference runtime seam and its in-process onnxruntime backend.
+
+Owns ``RuntimeConfig``, the two interfaces the daemon programs against (``Backend`` loads
+a model version, ``LoadedModel`` serves it) and ``OrtBackend``: one onnxruntime session
+per model version, execution provider chosen per model at load, requests micro-batched on
+a worker thread (``models.batcher``). A Ray backend implements the same two protocols
+(and can reuse ``Batcher`` with a ``run`` that calls an actor). Must never run a model on
+the event loop thread, and never let onnxruntime write to the process's stdout/stderr.
+
+Provider choice (DESIGN §6): onnxruntime-gpu lists CUDA and TensorRT as available even
+with no GPU, and a session asked for CUDA then CPU silently runs on CPU after printing
+errors on fd 2. So "auto" asks for CUDA then CPU with fds 1 and 2 redirected to a temp
+file, reads ``session.get_providers()`` for the truth, logs one line, and remembers a
+failed CUDA load so later loads go straight to CPU. TensorRT is not tried: its engine
+build makes loads slow and prints a banner on fd 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from models.batcher import Batcher, Observer
+from models.datatypes import from_oip
+from models.errors import CodecError, InvalidConfig, InvalidModel
+from models.names import validate_name, validate_version
+from models.signature import ModelSignature, signature_of_session
+
+__all__ = ["Backend", "LoadedModel", "OrtBackend", "OrtModel", "RuntimeConfig"]
+
+log = logging.getLogger(__name__)
+
+Tensor = np.ndarray[Any, Any]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_SECTION = "models"  # the node config section these settings live in
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How loaded models are run. Every field trades latency, throughput or memory."""
+
+    providers: str = "auto"
+    """"auto": CUDA when it really loads, else CPU (costs one failed CUDA load, once per
+    process, on GPU-less machines with onnxruntime-gpu). "cpu": never try a GPU, for
+    predictable latency or when the GPU belongs to something else."""
+
+    max_batch_size: int = 32
+    """Most rows concatenated into one run for dynamic-batch models. Larger raises
+    throughput under load (fewer, fuller runs) but each run takes longer, so the tail
+    latency of the requests in it grows. 1 disables batching."""
+
+    max_batch_delay_ms: float = 0.0
+    """How long the worker waits for more requests before running a partial batch.
+    0 = opportunistic: batch only what queued while the worker was busy, so a lone
+    request never waits. A few ms can raise throughput at moderate load, at the cost of
+    adding up to that much latency to every request."""
+
+    max_queue: int = 256
+    """Requests accepted and not yet answered, per model version; beyond it requests get
+    Overloaded (HTTP 503 + Retry-After) at once. Bounds memory (max_queue x request size)
+    and queueing delay (max_queue / throughput); too small sheds load that a short burst
+    would have absorbed."""
+
+    intra_op_threads: int = 1
+    """onnxruntime threads inside one run; 0 lets onnxruntime use one per core. 1 is best
+    for small models (no thread hand-off) and leaves cores to other model versions;
+    larger models gain from 2+."""
+
+    retry_after_s: float = 1.0
+    """Seconds suggested to a client refused with Overloaded (the Retry-After header).
+    Shorter retries sooner but adds load while the node is saturated."""
+
+    def __post_init__(self) -> None:
+        _check(self.providers in ("auto", "cpu"), "providers", '"auto" or "cpu"', self.providers)
+        _check_int(self.max_batch_size, "max_batch_size", 1, 4096)
+        _check_num(self.max_batch_delay_ms, "max_batch_delay_ms", 0.0, 1000.0)
+        _check_int(self.max_queue, "max_queue", 1, 1_000_000)
+        _check_int(self.intra_op_threads, "intra_op_threads", 0, 256)
+        _check_num(self.retry_after_s, "retry_after_s", 0.001, 3600.0)
+
+    @classmethod
+    def low_latency(cls) -> RuntimeConfig:
+        """The defaults: never wait to fill a batch."""
+        return cls()
+
+    @classmethod
+    def throughput(cls) -> RuntimeConfig:
+        """For heavily loaded nodes: wait up to 2 ms to fill batches of up to 64 rows."""
+        return cls(max_batch_size=64, max_batch_delay_ms=2.0, max_queue=1024)
+
+
+def _check(ok: bool, field: str, allowed: str, value: object) -> None:
+    if not ok:
+        raise InvalidConfig(f"{_SECTION}.{field} must be {allowed}, got {value!r}")
+
+
+def _check_int(value: object, field: str, low: int, high: int) -> None:
+    ok = type(value) is int and low <= value <= high
+    _check(ok, field, f"an integer from {low} to {high}", value)
+
+
+def _check_num(value: object, field: str, low: float, high: float) -> None:
+    ok = type(value) in (int, float) and low <= value <= high  # type: ignore[operator]
+    _check(ok, field, f"a number from {low:g} to {high:g}", value)
+
+
+class LoadedModel(Protocol):
+    """One model version ready to serve. Safe to use from one event loop."""
+
+    name: str
+    version: str
+
+    @property
+    def signature(self) -> ModelSignature: ...
+
+    @property
+    def provider(self) -> str:
+        """The execution provider actually in use, e.g. ``CPUExecutionProvider``."""
+        ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests accepted and not yet answered; readable from any thread."""
+        ...
+
+    async def infer(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run one request (every input, signature dtypes; BYTES as object arrays of
+        bytes) and return every output. Raises Overloaded, ModelUnavailable,
+        InferenceFailed, or CodecError for inputs that do not fit the model."""
+        ...
+
+    async def close(self) -> None:
+        """Stop accepting, finish every accepted request, release the model."""
+        ...
+
+
+class Backend(Protocol):
+    """Something that can load model versions."""
+
+    async def load(
+        self, name: str, version: str, path: Path, signature: ModelSignature
+    ) -> LoadedModel:
+        """Load the model file ``path`` whose manifest says ``signature``.
+
+        Raises InvalidModel when the file cannot be loaded or does not match.
+        """
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts for status and adverts (backend, providers, settings)."""
+        ...
+
+
+class OrtBackend:
+    """Models run in this process, one onnxruntime session each."""
+
+    def __init__(self, config: RuntimeConfig | None = None, observer: Observer | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self._observer = observer
+        self._cuda = "not tried" if self.config.providers == "auto" else "disabled"
+
+    async def load(
+        self, name: str, version: str, path: Path, signature: ModelSignature
+    ) -> OrtModel:
+        validate_name(name)
+        validate_version(version)
+        session, provider = await asyncio.to_thread(self._open, name, version, path)
+        actual = signature_of_session(session)
+        if actual != signature:
+            raise InvalidModel(
+                f"model {name}:{version} ({path}) has signature {actual.to_json()} but its "
+                f"manifest says {signature.to_json()}; add the model again"
+            )
+        return OrtModel(name, version, session, signature, provider, self.config, self._observer)
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {
+            "backend": "onnxruntime",
+            "onnxruntime_version": ort.__version__,
+            "providers_listed": list(ort.get_available_providers()),
+            "cuda": self._cuda,
+            "config": dataclasses.asdict(self.config),
+        }
+
+    def _plan(self) -> list[str]:
+        import onnxruntime as ort
+
+        if self.config.providers == "cpu" or self._cuda.startswith("failed"):
+            return [CPU]
+        if CUDA in ort.get_available_providers():
+            return [CUDA, CPU]
+        return [CPU]
+
+    def _open(self, name: str, version: str, path: Path) -> tuple[Any, str]:
+        """On a worker thread: create the session, quietly, and find its real provider."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        plan = self._plan()
+        noise = _Captured()
+        try:
+            with _native_output_captured(enabled=plan[0] != CPU) as noise:
+                session = ort.InferenceSession(str(path), options, providers=plan)
+        except Exception as exc:
+            raise InvalidModel(
+                f"model {name}:{version} ({path}) cannot be loaded by onnxruntime: {exc}"
+                f"{noise.summary(' (onnxruntime said: ', ')')}; add the model again or "
+                "check that it loads with onnxruntime"
+            ) from exc
+        provider: str = session.get_providers()[0]
+        if plan[0] == CUDA and provider != CUDA:
+            self._cuda = f"failed: {noise.summary() or 'no reason given'}"
+            log.warning(
+                "CUDA execution provider did not load (%s); %s:%s and later models run on %s",
+                noise.summary() or "no reason given", name, version, provider,
+            )
+        else:
+            if plan[0] == CUDA:
+                self._cuda = "loaded"
+            log.info(
+                "loaded model %s:%s on %s%s", name, version, provider,
+                noise.summary(" (onnxruntime said: ", ")"),
+            )
+        return session, provider
+
+
+class OrtModel:
+    """One model version in an onnxruntime session behind a micro-batching worker."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        session: Any,
+        signature: ModelSignature,
+        provider: str,
+        config: RuntimeConfig,
+        observer: Observer | None,
+    ) -> None:
+        self.name, self.version = name, version
+        self._session = session
+        self._signature = signature
+        self._provider = provider
+        self._dtypes = {s.name: from_oip(s.datatype).dtype for s in signature.inputs}
+        self._text_inputs = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+        self._text_outputs = [s.name for s in signature.outputs if s.datatype == "BYTES"]
+        self._output_names = [s.name for s in signature.outputs]
+        self._batcher = Batcher(
+            self._run,
+            name=name,
+            version=version,
+            batchable=signature.batch_dynamic,
+            max_batch_size=config.max_batch_size,
+            max_batch_delay_s=config.max_batch_delay_ms / 1000.0,
+            max_queue=config.max_queue,
+            retry_after_s=config.retry_after_s,
+            observer=observer,
+        )
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self._signature
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.queue_depth
+
+    async def infer(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if inputs.keys() != self._dtypes.keys():
+            raise CodecError(
+                f"model {self.name}:{self.version} takes inputs {list(self._dtypes)}, "
+                f"got {list(inputs)}"
+            )
+        for name, dtype in self._dtypes.items():
+            array = inputs[name]
+            if not isinstance(array, np.ndarray) or array.dtype != dtype:
+                got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+                raise CodecError(f"input {name!r} must be a numpy {dtype} array, got {got}")
+        if self._text_inputs:
+            inputs = dict(inputs)
+            for name in self._text_inputs:
+                inputs[name] = _to_text(inputs[name], name)
+        return await self._batcher.submit(inputs)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        self._session = None  # frees the session (and its device memory) now
+
+    def _run(self, feed: dict[str, Tensor]) -> dict[str, Tensor]:
+        results = self._session.run(self._output_names, feed)
+        outputs = dict(zip(self._output_names, results, strict=True))
+        for name in self._text_outputs:
+            outputs[name] = _to_bytes(outputs[name])
+        return outputs
+
+
+def _to_text(array: Tensor, name: str) -> Tensor:
+    # onnxruntime string tensors hold UTF-8 text; handed bytes it would store their repr.
+    out = np.empty(array.size, dtype=object)
+    try:
+        out[:] = [x.decode("utf-8") if isinstance(x, bytes) else x for x in array.ravel().tolist()]
+    except UnicodeDecodeError as exc:
+        raise CodecError(
+            f"input {name!r}: an element is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+            "ONNX string tensors hold UTF-8 text, so encode binary data (e.g. base64) first"
+        ) from exc
+    if not all(isinstance(x, str) for x in out):
+        raise CodecError(f"input {name!r}: BYTES elements must be bytes or str")
+    return out.reshape(array.shape)
+
+
+def _to_bytes(array: Tensor) -> Tensor:
+    out = np.empty(array.size, dtype=object)
+    out[:] = [x.encode("utf-8") if isinstance(x, str) else x for x in array.ravel().tolist()]
+    return out.reshape(array.shape)
+
+
+# -- keeping onnxruntime's native output out of our stdout/stderr -----------------------
+
+_NATIVE_OUTPUT_LOCK = threading.Lock()
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Captured:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def summary(self, prefix: str = "", suffix: str = "") -> str:
+        """The most telling line of what was printed, or "" if nothing was."""
+        lines = [ln.strip() for ln in _ANSI.sub("", self.text).splitlines() if ln.strip()]
+        if not lines:
+            return ""
+        best = next((ln for ln in lines if "Failed to" in ln or "error" in ln.lower()), lines[0])
+        best = best.split("] ", 1)[-1]  # drop onnxruntime's timestamp/location prefix
+        if len(best) > 300:
+            best = best[:297] + "..."
+        more = f" [+{len(lines) - 1} more lines]" if len(lines) > 1 else ""
+        return f"{prefix}{best}{more}{suffix}"
+
+
+@contextlib.contextmanager
+def _native_output_captured(*, enabled: bool = True) -> Iterator[_Captured]:
+    """Send fds 1 and 2 to a temp file for the duration; the text is on the yielded object.
+
+    Process-wide (native code writes to the fds directly), so serialised by a lock and
+    kept around one call; anything another thread prints meanwhile lands in the summary.
+    """
+    captured = _Captured()
+    if not enabled:
+        yield captured
+        return
+    with _NATIVE_OUTPUT_LOCK, tempfile.TemporaryFile() as sink:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            saved = (os.dup(1), os.dup(2))
+        except OSError:  # no fds 1/2 (daemonised without them): nothing to protect
+            saved = None
+        if saved is None:
+            yield captured
+            return
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            captured.text = sink.read().decode("utf-8", "replace")
+
