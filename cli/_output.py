@@ -27,9 +27,9 @@ class CliError(Exception):
 def errors() -> Iterator[None]:
     """Turn every expected failure into one line on stderr and a non-zero exit."""
     from models import ModelError
+    from node.client import DaemonError
     from node.config import ConfigError
     from node.control import Busy
-    from node.client import DaemonError
     from node.keys import NodeKeyError
     from node.modelhost import ModelNotFound
     from node.store import StoreError

@@ -7,7 +7,6 @@ Errors are one line on stderr and a non-zero exit code (3 when the daemon cannot
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Callable

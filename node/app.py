@@ -23,8 +23,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import CodecError, InferenceFailed, ModelUnavailable, Overloaded
-from models import decode_infer_request, encode_infer_response
+from models import (
+    CodecError,
+    InferenceFailed,
+    ModelUnavailable,
+    Overloaded,
+    decode_infer_request,
+    encode_infer_response,
+)
 from node.http import (
     JSON_TYPE,
     HTTPError,

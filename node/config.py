@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import os
 import re
 import socket
@@ -198,7 +199,8 @@ def render(config: Config) -> str:
         section = getattr(config, sec.name)
         out.append(f"\n[{sec.name}]\n")
         for f in dataclasses.fields(section):
-            doc = field_docs(type(section)).get(f.name, "")
+            section_type: Any = type(section)
+            doc = field_docs(section_type).get(f.name, "")
             for line in _wrap(doc):
                 out.append(f"# {line}\n")
             out.append(tomli_w.dumps({f.name: getattr(section, f.name)}))
@@ -214,12 +216,12 @@ def save(data_dir: Path, config: Config) -> Path:
 
 
 @functools.cache
-def field_docs(cls: type[Any]) -> dict[str, str]:
+def field_docs(cls: Any) -> dict[str, str]:
     """The attribute docstrings of a config dataclass (the string under each field)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
+    for node, following in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

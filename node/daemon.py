@@ -102,7 +102,7 @@ async def _start_server(app: Any, sock: socket.socket, drain_s: float) -> _Serve
         lifespan="off",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=max(drain_s, 0.01),
+        timeout_graceful_shutdown=max(drain_s, 0.01),  # type: ignore[arg-type]  # float works
         http="httptools",
         loop="none",
     )
@@ -129,6 +129,7 @@ class Daemon:
     servers: list[_Server] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     listen: str = ""
+    admin: AdminApp | None = None
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -212,7 +213,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             metrics=metrics, app_state=app_state, lock=lock, started_at=time.time(),
         )
         admin = AdminApp(host, daemon.status)
-        daemon.admin = admin  # type: ignore[attr-defined]
+        daemon.admin = admin
         drain = config.node.drain_timeout_s
         daemon.servers.append(await _start_server(OipApp(app_state, host, metrics), app_sock, drain))
         daemon.servers.append(await _start_server(admin, admin_sock, drain))

@@ -133,7 +133,6 @@ class ModelHost:
                     f"model {name}:{version} already exists; remove it first with "
                     f"`outpost models rm {name}:{version}` or choose another --version"
                 )
-            existed_before = set(self.blobs.list())
             info = await asyncio.to_thread(self.blobs.ingest, path, max_bytes=self.max_model_bytes)
             try:
                 signature = await asyncio.to_thread(inspect_model, info.path)
@@ -144,7 +143,7 @@ class ModelHost:
                     await self.store.remove_model(name, version)
                     raise
             except BaseException:
-                if info.sha256 not in existed_before:
+                if not await self.store.sha256_in_use(info.sha256):
                     self.blobs.remove(info.sha256)
                 raise
             return record

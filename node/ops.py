@@ -205,7 +205,7 @@ def infer(data_dir: Path, name: str, input_text: str, version: str | None,
             if meta.status_code != 200:
                 raise DaemonError(meta.json().get("error", meta.text), meta.status_code)
             specs = meta.json()["inputs"]
-            if isinstance(raw, np.ndarray) or isinstance(raw, list):
+            if isinstance(raw, (np.ndarray, list)):
                 if len(specs) != 1:
                     raise DaemonError(
                         f"model {name} has {len(specs)} inputs; give them by name: "

@@ -17,7 +17,7 @@ import psutil
 
 def probe_gpus() -> list[dict[str, Any]]:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return []
     try:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProc, init_node, outpost, start_daemon
-
+from tests.conftest import DaemonProc, init_node, outpost
 
 
 def _blobs(data_dir: Path) -> list[str]:
