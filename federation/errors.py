@@ -10,6 +10,7 @@ maybe record it as evidence) from "we misused the API" (a bug or a bad local set
     │   ├── BadCertificate         certificate does not chain to the authority / expired / wrong use
     │   ├── Revoked                the subject is on the authority's revocation list
     │   └── Equivocation           two different signed statements where only one may exist
+    │       └── CheckpointEquivocation  two signed checkpoints, one origin and size; carries evidence
     ├── MalformedInput             bytes or fields that do not parse (wrong format, sizes, types)
     ├── RollbackRefused            a versioned document older than or equal to the one held
     └── PolicyError                Cedar text that does not parse or validate, or cannot be evaluated
@@ -18,6 +19,11 @@ Every message says what was wrong and what to do about it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from federation.audit import EquivocationEvidence
 
 
 class FederationError(Exception):
@@ -58,3 +64,16 @@ class RollbackRefused(FederationError):
 
 class PolicyError(FederationError):
     """Cedar policy text does not parse or validate, or a decision could not be evaluated."""
+
+
+class CheckpointEquivocation(Equivocation):
+    """A log signed two checkpoints with the same origin and size but different roots.
+
+    Unlike its parent, it carries ``evidence`` (both signed notes), which is
+    self-proving: anyone holding the log's verifier key can check it, so it is gossiped
+    and shown to the admin rather than merely dropped.
+    """
+
+    def __init__(self, message: str, evidence: EquivocationEvidence) -> None:
+        super().__init__(message)
+        self.evidence = evidence

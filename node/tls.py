@@ -19,7 +19,9 @@ Choices, and why
 * **Revocation in the handshake.** With a CRL, ``VERIFY_CRL_CHECK_LEAF`` makes OpenSSL
   refuse a revoked peer's certificate by serial (checked by tests with an Ed25519-signed
   CRL). Without a CRL the flag must stay off, since OpenSSL would then refuse every
-  peer for "unable to get certificate CRL".
+  peer for "unable to get certificate CRL". Pass only a CRL that
+  ``federation.identity.read_revocation_list`` accepted: one from another authority
+  would make OpenSSL refuse every peer the same way.
 * **PEM bytes in, no files left behind.** ``ssl`` loads certificates, keys and CRLs only
   from paths. On Linux the PEMs go into anonymous ``memfd`` files opened through
   ``/proc/self/fd`` (never on a file system); elsewhere into a private temporary
