@@ -26,10 +26,14 @@ class CliError(Exception):
 @contextlib.contextmanager
 def errors() -> Iterator[None]:
     """Turn every expected failure into one line on stderr and a non-zero exit."""
+    from federation.errors import FederationError
     from models import ModelError
+    from node.audit import AuditError
+    from node.authority import AuthorityError
     from node.client import DaemonError
     from node.config import ConfigError
     from node.control import Busy
+    from node.enrollment import EnrollmentError
     from node.keys import NodeKeyError
     from node.modelhost import ModelNotFound
     from node.store import StoreError
@@ -40,7 +44,8 @@ def errors() -> Iterator[None]:
         click.echo(f"outpost: error: {exc}", err=True)
         sys.exit(exc.code)
     except (ModelError, ConfigError, Busy, DaemonError, NodeKeyError, ModelNotFound,
-            StoreError) as exc:
+            StoreError, FederationError, AuditError, AuthorityError, EnrollmentError,
+            ValueError) as exc:
         message = exc.args[0] if isinstance(exc, ModelNotFound) and exc.args else str(exc)
         click.echo(f"outpost: error: {message}", err=True)
         sys.exit(1)
@@ -95,6 +100,19 @@ def print_status(info: dict[str, Any]) -> None:
                       str(m.get("queue_depth", "-")), "dynamic" if m.get("dynamic_batching") else "off",
                       m["sha256"][:16] + "…")
     console.print(table)
+
+
+def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool) -> None:
+    for index, entry in rows:
+        if as_json:
+            click.echo(json.dumps({"index": index, "entry": entry}, sort_keys=True))
+            continue
+        extra = " ".join(
+            f"{k}={entry[k]}" for k in ("model", "version", "caller", "data_class", "decision",
+                                        "outcome", "peer", "policy_version", "reason")
+            if k in entry
+        )
+        click.echo(f"{index:>8}  {entry['time']}  {entry['kind']:<16} {extra}")
 
 
 def print_infer(response: dict[str, Any]) -> None:

@@ -188,5 +188,224 @@ def infer(data_dir: Path, name: str, input_: str, version: str | None,
         out.print_infer(response)
 
 
+# -- audit -----------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The node's signed, Merkle-chained audit log (RFC 9162 proofs, C2SP checkpoints)."""
+
+
+@audit.command("tail")
+@data_dir_option
+@click.option("-n", "count", default=20, show_default=True, help="How many entries.")
+@click.option("-f", "follow", is_flag=True, help="Keep printing new entries (Ctrl-C stops).")
+@json_option
+def audit_tail(data_dir: Path, count: int, follow: bool, as_json: bool) -> None:
+    """Print the newest entries."""
+    import time
+
+    from node.ops_federation import audit_tail as tail
+
+    with out.errors():
+        rows = tail(data_dir, count)
+        out.print_audit(rows, as_json)
+        next_index = rows[-1][0] + 1 if rows else 0
+        while follow:
+            time.sleep(0.5)
+            rows = tail(data_dir, count, start=next_index)
+            if rows:
+                out.print_audit(rows, as_json)
+                next_index = rows[-1][0] + 1
+
+
+@audit.command("checkpoint")
+@data_dir_option
+@click.option("--size", type=int, help="A kept checkpoint of this tree size (default: newest).")
+@click.option("--all", "all_", is_flag=True, help="List every kept checkpoint.")
+def audit_checkpoint(data_dir: Path, size: int | None, all_: bool) -> None:
+    """Print the newest signed checkpoint (C2SP tlog-checkpoint, signed note)."""
+    from node.ops_federation import audit_checkpoint as checkpoint
+    from node.ops_federation import audit_checkpoints
+
+    with out.errors():
+        if all_:
+            for kept_size, note in audit_checkpoints(data_dir):
+                click.echo(f"# size {kept_size}\n{note}")
+        else:
+            click.echo(checkpoint(data_dir, size), nl=False)
+
+
+@audit.command("vkey")
+@data_dir_option
+def audit_vkey(data_dir: Path) -> None:
+    """Print the log's verifier key (note vkey format: name+hash+base64)."""
+    from node.ops_federation import audit_vkey as vkey
+
+    with out.errors():
+        click.echo(vkey(data_dir))
+
+
+@audit.command("proof")
+@data_dir_option
+@click.option("--index", type=int, required=True, help="Leaf index.")
+@click.option("--size", type=int, help="Tree size (default: current).")
+def audit_proof(data_dir: Path, index: int, size: int | None) -> None:
+    """Print an RFC 9162 inclusion proof as JSON."""
+    from node.ops_federation import audit_proof as proof
+
+    with out.errors():
+        out.print_json(proof(data_dir, index, size))
+
+
+@audit.command("consistency")
+@data_dir_option
+@click.option("--old", type=int, required=True, help="Older tree size.")
+@click.option("--new", type=int, help="Newer tree size (default: current).")
+def audit_consistency(data_dir: Path, old: int, new: int | None) -> None:
+    """Print an RFC 9162 consistency proof as JSON."""
+    from node.ops_federation import audit_consistency as consistency
+
+    with out.errors():
+        out.print_json(consistency(data_dir, old, new))
+
+
+@audit.command("verify")
+@data_dir_option
+@json_option
+def audit_verify(data_dir: Path, as_json: bool) -> None:
+    """Recompute the whole tree and check every stored checkpoint; exit 1 on tampering."""
+    from node.ops_federation import audit_verify as verify
+
+    with out.errors():
+        report = verify(data_dir)
+    if as_json:
+        out.print_json(report)
+    elif report["ok"]:
+        click.echo(f"ok: {report['entries']} entries, {report['checkpoints']} signed checkpoints "
+                   f"verified (up to size {report['verified_size']})")
+    else:
+        for problem in report["problems"]:
+            click.echo(f"outpost: audit log FAILED verification: {problem}", err=True)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+# -- federation ------------------------------------------------------------------------------
+
+
+@main.group()
+def federation() -> None:
+    """The federation authority (kept offline by the admin): create, enroll, revoke."""
+
+
+@federation.command("init")
+@click.option("--dir", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the authority key and certificate (keep it offline).")
+@click.option("--name", required=True, help="Federation name.")
+def federation_init(ca_dir: Path, name: str) -> None:
+    """Create a federation authority (Ed25519 key, self-signed root certificate)."""
+    from node.ops_federation import federation_init as fed_init
+
+    with out.errors():
+        result = fed_init(ca_dir, name)
+    click.echo(f"federation {result['federation']} created in {result['dir']} "
+               f"(authority key fingerprint {result['fingerprint'][:16]}…); keep the key offline")
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = val
+    return labels
+
+
+@federation.command("enroll")
+@click.argument("request", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tier", required=True, type=click.Choice(["edge", "onprem", "cloud"]))
+@click.option("--site", required=True)
+@click.option("--jurisdiction", required=True, help="ISO 3166-1 alpha-2 code, e.g. DE.")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--days", default=365, show_default=True, help="Certificate validity.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def federation_enroll(request: Path, ca_dir: Path, tier: str, site: str, jurisdiction: str,
+                      labels: tuple[str, ...], days: int, output: Path) -> None:
+    """Sign a node certificate binding its key to attested attributes."""
+    from node.ops_federation import federation_enroll as enroll
+
+    with out.errors():
+        result = enroll(ca_dir, request, output, tier=tier, site=site, jurisdiction=jurisdiction,
+                        labels=_labels(labels), validity_days=days)
+    click.echo(f"enrolled {result['node_id']} (serial {result['serial']}): {result['certificate']}")
+
+
+@federation.command("revoke")
+@click.argument("node_ids", nargs=-1, required=True)
+@click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def federation_revoke(node_ids: tuple[str, ...], ca_dir: Path, output: Path) -> None:
+    """Issue the next revocation list; put it into any node with `outpost apply FILE`."""
+    from node.ops_federation import federation_revoke as revoke
+
+    with out.errors():
+        result = revoke(ca_dir, list(node_ids), output)
+    click.echo(f"revocation list v{result['version']} written to {result['file']}")
+
+
+class _JoinGroup(click.Group):
+    """`outpost join CERT` and `outpost join request`: a bare path means install."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not any(a in self.commands for a in args) and not {"-h", "--help"} & set(args):
+            args = ["install", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_JoinGroup)
+def join() -> None:
+    """Join a federation: `join request -o REQ`, then `join CERT` with the enrolled certificate."""
+
+
+@join.command("request")
+@data_dir_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def join_request(data_dir: Path, output: Path) -> None:
+    """Write this node's enrollment request (carry it to the authority)."""
+    from node.ops_federation import join_request as request
+
+    with out.errors():
+        result = request(data_dir, output)
+    click.echo(f"enrollment request for {result['node_id']} written to {result['request']}")
+
+
+@join.command("install", hidden=True)
+@data_dir_option
+@click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seed", "seeds", multiple=True, help="Peer HOST:PORT to contact; repeatable.")
+def join_install(data_dir: Path, cert: Path, seeds: tuple[str, ...]) -> None:
+    from node.ops_federation import join as do_join
+
+    with out.errors():
+        result = do_join(data_dir, cert, list(seeds))
+    click.echo(f"joined federation {result['federation']} as {result['node_id']} "
+               f"({result['tier']}, site {result['site']}, {result['jurisdiction']})")
+
+
+@main.command("apply")
+@data_dir_option
+@click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def apply_cmd(data_dir: Path, document: Path) -> None:
+    """Put an authority-signed document (revocation list, policy bundle) into this node."""
+    from node.ops_federation import apply
+
+    with out.errors():
+        result = apply(data_dir, document)
+    click.echo(f"applied {result['summary']}")
+
+
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ package stays cheap for CLI commands that only talk to a running daemon.
 
 from pathlib import Path
 
+from models.batcher import Batcher, Observer
 from models.blobs import BlobInfo, BlobStore
 from models.codec import (
     InferRequest,
@@ -50,6 +51,7 @@ __all__ = [
     "SAMPLE_MANIFEST",
     "SAMPLE_MODEL",
     "Backend",
+    "Batcher",
     "BlobInfo",
     "BlobStore",
     "CodecError",
@@ -63,6 +65,7 @@ __all__ = [
     "ModelError",
     "ModelSignature",
     "ModelUnavailable",
+    "Observer",
     "OrtBackend",
     "OrtModel",
     "Overloaded",

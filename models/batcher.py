@@ -120,7 +120,7 @@ class Batcher:
             if self._depth >= self._max_queue:
                 raise Overloaded(
                     f"model {self._name}:{self._version} has {self._depth} requests pending "
-                    f"(limit models.max_queue = {self._max_queue}); retry after "
+                    f"(limit runtime.max_queue = {self._max_queue}); retry after "
                     f"{self._retry_after:g} s or send it to another node",
                     retry_after=self._retry_after,
                 )
@@ -166,7 +166,11 @@ class Batcher:
                     self._queue.popleft()
                     self._depth -= 1
                     continue
-                if not self._prepare(job) or job.key != first.key or rows + job.rows > self._max_rows:
+                if (
+                    not self._prepare(job)
+                    or job.key != first.key
+                    or rows + job.rows > self._max_rows
+                ):
                     return batch  # keep FIFO order: the next batch starts with this job
                 self._queue.popleft()
                 batch.append(job)

@@ -60,11 +60,15 @@ class BlobStore:
         try:
             handle = src.open("rb")
         except OSError as exc:
-            raise InvalidModel(f"cannot read model file {src}: {exc.strerror}; check the path") from exc
+            raise InvalidModel(
+                f"cannot read model file {src}: {exc.strerror}; check the path"
+            ) from exc
         with handle:
             if not os.path.isfile(handle.name):
                 raise InvalidModel(f"{src} is not a regular file; give the path of an .onnx file")
-            return self._ingest(iter(lambda: handle.read(_CHUNK), b""), str(src), max_bytes, expect_sha256)
+            return self._ingest(
+                iter(lambda: handle.read(_CHUNK), b""), str(src), max_bytes, expect_sha256
+            )
 
     def ingest_bytes(
         self, data: bytes, *, max_bytes: int, expect_sha256: str | None = None

@@ -100,7 +100,9 @@ def decode_infer_request(
 
     entries = doc.get("inputs")
     if not isinstance(entries, list):
-        raise CodecError('request has no "inputs" list; send {"inputs": [{"name", "datatype", "shape", "data"}]}')
+        raise CodecError(
+            'request has no "inputs" list; send {"inputs": [{"name", "datatype", "shape", "data"}]}'
+        )
     specs = signature.input_map
     decoded: dict[str, Tensor] = {}
     offset = 0
@@ -293,7 +295,9 @@ def _decode_tensor(
 ) -> tuple[Tensor, int]:
     datatype = entry.get("datatype")
     if spec is not None and datatype != spec.datatype:
-        raise CodecError(f"{what}: datatype {datatype!r} does not match the model's {spec.datatype}")
+        raise CodecError(
+            f"{what}: datatype {datatype!r} does not match the model's {spec.datatype}"
+        )
     dt = from_oip(datatype)
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
@@ -334,7 +338,9 @@ def _check_shape(shape: list[int], spec: TensorSpec, what: str) -> None:
         )
 
 
-def _from_binary(chunk: memoryview, dt: Datatype, count: int, shape: list[int], what: str) -> Tensor:
+def _from_binary(
+    chunk: memoryview, dt: Datatype, count: int, shape: list[int], what: str
+) -> Tensor:
     if dt.is_bytes:
         return unpack_bytes(chunk, count, what=what).reshape(shape)
     expected = count * dt.itemsize
@@ -356,7 +362,12 @@ def _from_binary(chunk: memoryview, dt: Datatype, count: int, shape: list[int], 
 
 
 _NUMERIC_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
-_KIND_WORDS = {"b": "true/false", "U": "strings", "f": "non-integer numbers", "O": "mixed or non-numeric values"}
+_KIND_WORDS = {
+    "b": "true/false",
+    "U": "strings",
+    "f": "non-integer numbers",
+    "O": "mixed or non-numeric values",
+}
 
 
 def _from_json(data: object, dt: Datatype, count: int, shape: list[int], what: str) -> Tensor:
@@ -376,19 +387,41 @@ def _from_json(data: object, dt: Datatype, count: int, shape: list[int], what: s
     if count == 0:
         return np.empty(shape, dtype=dt.dtype)
     target_kind = dt.dtype.kind
+    if target_kind in "iu" and raw.dtype.kind in "fO":
+        exact = _exact_integers(data, dt, shape, what)
+        if exact is not None:
+            return exact
     if raw.dtype.kind not in _NUMERIC_KINDS[target_kind]:
         got = _KIND_WORDS.get(raw.dtype.kind, str(raw.dtype))
-        want = "true/false" if target_kind == "b" else ("integers" if target_kind in "iu" else "numbers")
+        want = (
+            "true/false"
+            if target_kind == "b"
+            else ("integers" if target_kind in "iu" else "numbers")
+        )
         raise CodecError(f"{what}: {dt.name} data must be JSON {want}, got {got}")
     if target_kind in "iu" and raw.dtype != dt.dtype:
         info = np.iinfo(dt.dtype)
         low, high = raw.min(), raw.max()
         if low < info.min or high > info.max:
             raise CodecError(
-                f"{what}: values from {low} to {high} do not fit {dt.name} "
-                f"({info.min}..{info.max})"
+                f"{what}: values from {low} to {high} do not fit {dt.name} ({info.min}..{info.max})"
             )
     return raw.astype(dt.dtype, copy=False).reshape(shape)
+
+
+def _exact_integers(data: list[Any], dt: Datatype, shape: list[int], what: str) -> Tensor | None:
+    """Integers numpy could not infer a common integer type for (e.g. UINT64 values above
+    2**63 next to small ones infer as float64); None if they are not all integers."""
+    flat = np.asarray(data, dtype=object).ravel().tolist()
+    if not all(type(v) is int for v in flat):
+        return None
+    try:
+        return np.asarray(flat, dtype=dt.dtype).reshape(shape)
+    except OverflowError as exc:
+        info = np.iinfo(dt.dtype)
+        raise CodecError(
+            f"{what}: values do not fit {dt.name} ({info.min}..{info.max}): {exc}"
+        ) from exc
 
 
 def _bytes_from_json(data: list[Any], count: int, shape: list[int], what: str) -> Tensor:

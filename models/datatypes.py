@@ -119,7 +119,9 @@ def from_numpy(dtype: np.dtype[Any]) -> Datatype:
         return found
     if dtype.kind in "OSU":
         return _BY_OIP["BYTES"]
-    raise CodecError(f"numpy dtype {dtype} has no Open Inference Protocol datatype; use one of {_NAMES}")
+    raise CodecError(
+        f"numpy dtype {dtype} has no Open Inference Protocol datatype; use one of {_NAMES}"
+    )
 
 
 _LEN = struct.Struct("<I")

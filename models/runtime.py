@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -47,7 +47,7 @@ Tensor = np.ndarray[Any, Any]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-_SECTION = "models"  # the node config section these settings live in
+_SECTION = "runtime"  # the node config section (outpost.toml) these settings live in
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,9 @@ class Backend(Protocol):
 class OrtBackend:
     """Models run in this process, one onnxruntime session each."""
 
-    def __init__(self, config: RuntimeConfig | None = None, observer: Observer | None = None) -> None:
+    def __init__(
+        self, config: RuntimeConfig | None = None, observer: Observer | None = None
+    ) -> None:
         self.config = config or RuntimeConfig()
         self._observer = observer
         self._cuda = "not tried" if self.config.providers == "auto" else "disabled"
@@ -230,16 +232,28 @@ class OrtBackend:
             ) from exc
         provider: str = session.get_providers()[0]
         if plan[0] == CUDA and provider != CUDA:
-            self._cuda = f"failed: {noise.summary() or 'no reason given'}"
-            log.warning(
-                "CUDA execution provider did not load (%s); %s:%s and later models run on %s",
-                noise.summary() or "no reason given", name, version, provider,
-            )
+            reason = noise.summary() or "no reason given"
+            if self._cuda == "loaded":  # CUDA works; this one model could not use it
+                log.warning(
+                    "model %s:%s runs on %s: CUDA refused it (%s)", name, version, provider, reason
+                )
+            else:  # CUDA does not work in this process: stop trying (and printing)
+                self._cuda = f"failed: {reason}"
+                log.warning(
+                    "CUDA execution provider did not load (%s); %s:%s and later models run on %s",
+                    reason,
+                    name,
+                    version,
+                    provider,
+                )
         else:
             if plan[0] == CUDA:
                 self._cuda = "loaded"
             log.info(
-                "loaded model %s:%s on %s%s", name, version, provider,
+                "loaded model %s:%s on %s%s",
+                name,
+                version,
+                provider,
                 noise.summary(" (onnxruntime said: ", ")"),
             )
         return session, provider
@@ -344,6 +358,7 @@ def _to_bytes(array: Tensor) -> Tensor:
 
 _NATIVE_OUTPUT_LOCK = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PATH = re.compile(r"(?<![:/\w])/[^\s:]+/([^\s/:]+)")  # /long/dir/lib.so -> lib.so, not URLs
 
 
 class _Captured:
@@ -351,16 +366,17 @@ class _Captured:
         self.text = ""
 
     def summary(self, prefix: str = "", suffix: str = "") -> str:
-        """The most telling line of what was printed, or "" if nothing was."""
+        """The telling part of what was printed (its "Failed to ..." sentences, paths cut
+        to file names), or "" if nothing was."""
         lines = [ln.strip() for ln in _ANSI.sub("", self.text).splitlines() if ln.strip()]
         if not lines:
             return ""
-        best = next((ln for ln in lines if "Failed to" in ln or "error" in ln.lower()), lines[0])
-        best = best.split("] ", 1)[-1]  # drop onnxruntime's timestamp/location prefix
-        if len(best) > 300:
-            best = best[:297] + "..."
-        more = f" [+{len(lines) - 1} more lines]" if len(lines) > 1 else ""
-        return f"{prefix}{best}{more}{suffix}"
+        picked = [ln[ln.index("Failed to") :] for ln in lines if "Failed to" in ln][:2]
+        if not picked:  # unknown shape: keep the first line, minus its log prefix
+            picked = [lines[0].rsplit("] ", 1)[-1]]
+        parts = [_PATH.sub(r"\1", part) for part in picked]
+        text = "; ".join(p if len(p) <= 200 else p[:197] + "..." for p in parts)
+        return f"{prefix}{text}{suffix}"
 
 
 @contextlib.contextmanager
@@ -397,3 +413,8 @@ def _native_output_captured(*, enabled: bool = True) -> Iterator[_Captured]:
             sink.seek(0)
             captured.text = sink.read().decode("utf-8", "replace")
 
+
+if TYPE_CHECKING:  # mypy proves the onnxruntime backend fits the seam
+
+    def _fits(backend: OrtBackend, model: OrtModel) -> tuple[Backend, LoadedModel]:
+        return backend, model

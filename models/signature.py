@@ -17,7 +17,7 @@ from typing import Any
 from models.datatypes import from_oip, from_ort
 from models.errors import CodecError, InvalidModel
 
-__all__ = ["DYNAMIC", "ModelSignature", "TensorSpec", "inspect_model"]
+__all__ = ["DYNAMIC", "ModelSignature", "TensorSpec", "inspect_model", "signature_of_session"]
 
 DYNAMIC = -1
 """Shape entry for a dimension whose size is chosen per request (symbolic or unknown)."""

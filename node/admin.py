@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from models import ModelError
+from node.audit import AuditError, AuditReader
 from node.http import HTTPError, Receive, Scope, Send, read_body, send_error, send_json
 from node.modelhost import ModelHost, ModelNotFound
 from node.store import StoreError
@@ -25,9 +26,17 @@ Handler = Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]
 
 
 class AdminApp:
-    def __init__(self, host: ModelHost, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        host: ModelHost,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        audit: AuditReader | None = None,
+        apply: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
         self.host = host
         self.status = status
+        self.audit = audit
+        self.apply = apply
         # Extra routes (audit, policy, ...) registered by other components: (method, prefix).
         self.routes: dict[tuple[str, str], Handler] = {}
 
@@ -69,6 +78,10 @@ class AdminApp:
         elif path.startswith("/models/") and method == "DELETE":
             removed = await self.host.remove(unquote(path[len("/models/"):]))
             await send_json(send, 200, [r.to_json() for r in removed])
+        elif path.startswith("/audit/") and method == "GET" and self.audit is not None:
+            await send_json(send, 200, await audit_query(self.audit, path[len("/audit/"):], query))
+        elif path == "/apply" and method == "POST" and self.apply is not None:
+            await send_json(send, 200, await self.apply(payload["document"].encode()))
         else:
             for (m, prefix), handler in self.routes.items():
                 if m == method and (path == prefix or path.startswith(prefix + "/")):
@@ -76,6 +89,52 @@ class AdminApp:
                     await send_json(send, status, result)
                     return
             raise HTTPError(404, f"no admin endpoint {method} {path}")
+
+
+def _int(query: dict[str, str], key: str, default: int | None = None) -> int | None:
+    if key not in query or query[key] in ("", "None"):
+        return default
+    try:
+        return int(query[key])
+    except ValueError:
+        raise HTTPError(400, f"{key} must be an integer, got {query[key]!r}") from None
+
+
+async def audit_query(reader: AuditReader, what: str, query: dict[str, str]) -> Any:
+    """The audit log's read API, shared by the admin socket and (later) the peer endpoint:
+    ``checkpoint[?size=N]``, ``entries?start=&end=``, ``proof?index=&size=``,
+    ``consistency?old=&new=``, ``verify``."""
+    try:
+        if what == "checkpoint":
+            size = _int(query, "size")
+            note = await (reader.head() if size is None else reader.checkpoint_at(size))
+            if note is None:
+                raise HTTPError(404, "no checkpoint of that size is kept; list them with "
+                                     "`outpost audit checkpoint --all`")
+            return {"checkpoint": note}
+        if what == "checkpoints":
+            return [{"size": s, "checkpoint": n} for s, n in await reader.checkpoints()]
+        if what == "entries":
+            rows = await reader.entries(_int(query, "start", 0) or 0, _int(query, "end"))
+            return [{"index": i, "entry": json.loads(e)} for i, e in rows]
+        if what == "proof":
+            index = _int(query, "index")
+            if index is None:
+                raise HTTPError(400, "proof needs ?index=I")
+            return (await reader.inclusion_proof(index, _int(query, "size"))).to_json_obj()
+        if what == "consistency":
+            old = _int(query, "old")
+            if old is None:
+                raise HTTPError(400, "consistency needs ?old=M")
+            return (await reader.consistency_proof(old, _int(query, "new"))).to_json_obj()
+        if what == "verify":
+            report = await reader.verify()
+            return {"ok": report.ok, "entries": report.entries,
+                    "verified_size": report.verified_size,
+                    "first_bad_index": report.first_bad_index, "problems": list(report.problems)}
+    except AuditError as exc:
+        raise HTTPError(400, str(exc)) from None
+    raise HTTPError(404, f"no audit endpoint {what!r}")
 
 
 def _query(scope: Scope) -> dict[str, str]:

@@ -138,6 +138,20 @@ class AuditSection:
 
 
 @dataclass(frozen=True)
+class FederationSection:
+    """How this node reaches the rest of its federation."""
+
+    seeds: list[str] = field(default_factory=list)
+    """Peer addresses (HOST:PORT of their peer endpoints) to contact at start and retry with
+    back-off: for peers on other subnets or sites, which mDNS cannot see. Set by
+    `outpost join CERT --seed HOST:PORT`."""
+
+    def __post_init__(self) -> None:
+        for seed in self.seeds:
+            parse_hostport(seed, key="federation.seeds")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node configuration, as stored in ``outpost.toml``."""
 
@@ -145,6 +159,7 @@ class Config:
     models: ModelsSection = field(default_factory=ModelsSection)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     audit: AuditSection = field(default_factory=AuditSection)
+    federation: FederationSection = field(default_factory=FederationSection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -157,6 +172,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "models": ModelsSection,
     "runtime": RuntimeConfig,
     "audit": AuditSection,
+    "federation": FederationSection,
 }
 
 

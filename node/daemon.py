@@ -27,11 +27,15 @@ from typing import Any
 
 import uvicorn
 
+from federation.errors import FederationError
+from federation.identity import NodeIdentity
 from models import OrtBackend
 from node import control
 from node.admin import AdminApp
-from node.app import AppState, OipApp
+from node.app import AppState, InferRecord, OipApp
+from node.audit import AuditError, AuditLog, AuditReader
 from node.config import Config, parse_hostport
+from node.enrollment import EnrollmentError, apply_document, load_identity
 from node.keys import NodeKeyError, load_key
 from node.metrics import Metrics
 from node.modelhost import ModelHost
@@ -126,8 +130,10 @@ class Daemon:
     app_state: AppState
     lock: control.DirLock
     started_at: float
+    audit: AuditLog
+    identity: NodeIdentity | None
     servers: list[_Server] = field(default_factory=list)
-    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     listen: str = ""
     admin: AdminApp | None = None
 
@@ -140,6 +146,9 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 3),
             "listen": self.listen,
             "data_dir": str(self.data_dir),
+            "federation": self.identity.attributes() | {"federation": self.identity.federation}
+            if self.identity else None,
+            "audit": {"origin": self.audit.origin, "size": self.audit.size},
             "models": [
                 {
                     "name": s.record.name,
@@ -154,16 +163,44 @@ class Daemon:
             "capabilities": probe(self.data_dir),
         }
 
+    async def apply(self, body: bytes) -> dict[str, Any]:
+        """Apply an authority-signed document (revocation list, policy bundle) live."""
+        try:
+            applied = await apply_document(self.store, self.data_dir, body)
+        except (FederationError, EnrollmentError) as exc:
+            raise ValueError(str(exc)) from exc
+        await self.audit.append(self.audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
+        return applied.to_json()
+
     async def stop(self) -> None:
         """Drain and shut down every component, in reverse order of startup."""
         self.app_state.ready = False
         await asyncio.gather(*(s.shutdown() for s in self.servers))
-        for hook in reversed(self.on_stop):
-            await hook()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.host.close()
+        await self.audit.append(self.audit.record("node.stop", caller="daemon"))
+        await self.audit.close()
         await self.store.close()
         control.clear_runtime(self.data_dir)
         self.lock.release()
+
+
+def _audit_served(audit: AuditLog) -> Callable[[InferRecord], Awaitable[None]]:
+    async def on_served(rec: InferRecord) -> None:
+        await audit.append(audit.record(
+            "infer", model=rec.model, version=rec.version, caller=rec.caller,
+            data_class=rec.data_class, outcome=rec.outcome, input_sha256=rec.input_sha256,
+        ))
+
+    return on_served
+
+
+async def _tick(audit: AuditLog) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        await audit.tick()
 
 
 async def start(data_dir: Path, config: Config) -> Daemon:
@@ -180,8 +217,9 @@ async def start(data_dir: Path, config: Config) -> Daemon:
     cleanup: list[Callable[[], Awaitable[None]]] = []
     try:
         try:
-            load_key(data_dir)
-        except NodeKeyError as exc:
+            key = load_key(data_dir)
+            ident = load_identity(data_dir)
+        except (NodeKeyError, EnrollmentError) as exc:
             raise StartupError(str(exc)) from None
         node_id = config.node.name
         try:
@@ -189,6 +227,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         except StoreError as exc:
             raise StartupError(str(exc)) from None
         cleanup.append(store.close)
+        try:
+            audit = await AuditLog.open(store, key, node_id,
+                                        ident.federation if ident else None, config.audit)
+        except AuditError as exc:
+            raise StartupError(str(exc)) from None
+        cleanup.append(audit.close)
         host_ref: list[ModelHost] = []
         metrics = Metrics(lambda: (
             (s.record.name, s.record.version, s.model.queue_depth)
@@ -196,7 +240,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         ))
         backend = OrtBackend(config.runtime, observer=metrics.observe_batch)
         host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes,
-                         backend=backend)
+                         backend=backend, audit=audit)
         host_ref.append(host)
         cleanup.append(host.close)
         await host.load_all()
@@ -205,14 +249,17 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             server_version=server_version(),
             max_body_bytes=config.node.max_body_bytes,
             default_data_class=config.node.default_data_class,
+            on_served=_audit_served(audit),
         )
         app_sock = bind_tcp(config.node.listen, key="node.listen")
         admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
         daemon = Daemon(
             data_dir=data_dir, config=config, node_id=node_id, store=store, host=host,
             metrics=metrics, app_state=app_state, lock=lock, started_at=time.time(),
+            audit=audit, identity=ident,
         )
-        admin = AdminApp(host, daemon.status)
+        admin = AdminApp(host, daemon.status, AuditReader(store, audit.verifiers),
+                         apply=daemon.apply)
         daemon.admin = admin
         drain = config.node.drain_timeout_s
         daemon.servers.append(await _start_server(OipApp(app_state, host, metrics), app_sock, drain))
@@ -229,6 +276,11 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         pid=os.getpid(), listen=daemon.listen,
         admin_socket=str(data_dir / control.ADMIN_SOCKET), node_id=node_id,
     ))
+    await audit.append(audit.record(
+        "node.start", caller="daemon",
+        detail={"version": server_version(), "models": len(host.served())},
+    ))
+    daemon.tasks.append(asyncio.create_task(_tick(audit), name="audit-ticker"))
     app_state.ready = True
     log.info("node %s ready: app endpoint http://%s, admin %s", node_id, daemon.listen,
              data_dir / control.ADMIN_SOCKET)

@@ -25,6 +25,7 @@ from models import (
     validate_name,
     validate_version,
 )
+from node.audit import AuditLog
 from node.store import ModelRecord, Store, StoreError, next_version
 
 log = logging.getLogger("outpost.models")
@@ -52,11 +53,13 @@ class ModelHost:
         *,
         max_model_bytes: int,
         backend: Backend | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.blobs = BlobStore(data_dir / BLOB_DIR)
         self.max_model_bytes = max_model_bytes
         self.backend = backend
+        self.audit = audit
         # name -> version -> Served; "latest" is the most recently added version.
         self._served: dict[str, dict[str, Served]] = {}
         self._latest: dict[str, str] = {}
@@ -146,6 +149,7 @@ class ModelHost:
                 if not await self.store.sha256_in_use(info.sha256):
                     self.blobs.remove(info.sha256)
                 raise
+            await self._audit("model.add", record)
             return record
 
     async def remove(self, ref: str) -> list[ModelRecord]:
@@ -176,7 +180,15 @@ class ModelHost:
                     ).record.version
                 if not await self.store.sha256_in_use(record.sha256):
                     self.blobs.remove(record.sha256)
+                await self._audit("model.remove", record)
             return records
+
+    async def _audit(self, kind: str, record: ModelRecord) -> None:
+        if self.audit is not None:
+            await self.audit.append(self.audit.record(
+                kind, model=record.name, version=record.version, caller="admin",
+                detail={"sha256": record.sha256, "size": record.size},
+            ))
 
     async def list(self) -> list[ModelRecord]:
         return await self.store.list_models()

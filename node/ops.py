@@ -20,7 +20,9 @@ import numpy as np
 from models import SAMPLE_MODEL
 from node import config as cfg
 from node import control
+from node.audit import AuditLog
 from node.client import DaemonError, connect
+from node.enrollment import load_identity
 from node.keys import create_key, load_key
 from node.modelhost import ModelHost
 from node.store import Store
@@ -38,13 +40,22 @@ class InitResult:
 
 
 def _offline(data_dir: Path, holder: str, fn: Callable[[ModelHost], Awaitable[T]]) -> T:
+    """Run ``fn`` on the store with no daemon: under the data-dir lock, audited like online."""
     config = cfg.load(data_dir)
+    key = load_key(data_dir)
+    ident = load_identity(data_dir)
 
     async def go() -> T:
         store = await Store.open(data_dir)
         try:
-            host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes)
-            return await fn(host)
+            audit = await AuditLog.open(store, key, config.node.name,
+                                        ident.federation if ident else None, config.audit)
+            try:
+                host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes,
+                                 audit=audit)
+                return await fn(host)
+            finally:
+                await audit.close()
         finally:
             await store.close()
 

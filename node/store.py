@@ -68,6 +68,20 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    # 2: the audit log (layout and reasons in federation/audit.py)
+    [
+        "CREATE TABLE audit_entry (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL)",
+        "CREATE TABLE audit_node (id INTEGER PRIMARY KEY, hash BLOB NOT NULL)",
+        "CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 0),"
+        " size INTEGER NOT NULL, note TEXT NOT NULL)",
+        "CREATE TABLE audit_checkpoint (size INTEGER PRIMARY KEY, note TEXT NOT NULL,"
+        " created REAL NOT NULL)",
+    ],
+    # 3: authority-signed documents in force (revocation list, policy bundle): newest only
+    [
+        "CREATE TABLE federation_doc (kind TEXT PRIMARY KEY, version INTEGER NOT NULL,"
+        " body BLOB NOT NULL, applied REAL NOT NULL)",
+    ],
 ]
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -191,6 +205,23 @@ class Store:
     async def sha256_in_use(self, sha256: str) -> bool:
         async with self.conn.execute("SELECT 1 FROM models WHERE sha256=? LIMIT 1", (sha256,)) as cur:
             return await cur.fetchone() is not None
+
+
+async def get_doc(store: Store, kind: str) -> tuple[int, bytes] | None:
+    async with store.conn.execute(
+        "SELECT version, body FROM federation_doc WHERE kind = ?", (kind,)
+    ) as cur:
+        row = await cur.fetchone()
+    return (int(row[0]), bytes(row[1])) if row else None
+
+
+async def put_doc(store: Store, kind: str, version: int, body: bytes) -> None:
+    await store.conn.execute(
+        "INSERT INTO federation_doc(kind, version, body, applied) VALUES(?, ?, ?, ?) "
+        "ON CONFLICT(kind) DO UPDATE SET version=excluded.version, body=excluded.body, "
+        "applied=excluded.applied",
+        (kind, version, body, time.time()),
+    )
 
 
 def _model(row: Any) -> ModelRecord:

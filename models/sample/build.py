@@ -61,13 +61,15 @@ def build(out_dir: Path = HERE) -> dict[str, Any]:
     names = [o.name for o in onx.graph.output]
     if names != [LABEL, PROBABILITIES]:  # skl2onnx's names for a classifier, pinned here
         raise SystemExit(f"skl2onnx produced outputs {names}; update the renaming in build.py")
-    onx.doc_string = "Outpost sample: scikit-learn digits classifier (see models/sample/digits.json)"
+    onx.doc_string = (
+        "Outpost sample: scikit-learn digits classifier (see models/sample/digits.json)"
+    )
     blob = onx.SerializeToString()
     onnx_path = out_dir / f"{NAME}.onnx"
     onnx_path.write_bytes(blob)
 
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    labels, probabilities = session.run(None, {INPUT: x_test})
+    labels, _ = session.run(None, {INPUT: x_test})
     accuracy = float(np.mean(labels == y_test))
     sklearn_accuracy = float(model.score(x_test, y_test))
     if abs(accuracy - sklearn_accuracy) > 1e-9:
