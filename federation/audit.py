@@ -291,22 +291,28 @@ class VerifyReport:
 def verify_log(
     entries: Iterable[bytes],
     checkpoints: Iterable[tuple[int, str]],
-    verifier: Verifier,
+    verifier: Verifier | Sequence[Verifier],
     *,
     stored: StoredNode | None = None,
 ) -> VerifyReport:
     """Recompute the tree from ``entries`` and check it against every signed checkpoint.
 
     ``checkpoints`` are ``(size, signed note)`` rows as stored; ``verifier`` is the log's
-    key (its name is the origin). ``stored`` optionally looks up the daemon's stored
+    key (its name is the origin) — or several keys when the log's origin changed over its
+    life (a node's log is ``outpost/local/<id>`` until it is enrolled, then
+    ``outpost/<federation>/<id>``, same key): each checkpoint is checked with the key named
+    by its origin line. ``stored`` optionally looks up the daemon's stored
     node hashes (``audit_node``), used only to pinpoint the first bad entry. Tampering is
     reported, not raised; call :meth:`VerifyReport.raise_for_problems` to raise.
     """
     problems: list[str] = []
     signed: dict[int, Checkpoint] = {}
+    by_name = {v.name: v for v in ([verifier] if isinstance(verifier, Verifier) else verifier)}
+    first = next(iter(by_name.values()))
     for row_size, note in checkpoints:
+        origin = note.split("\n", 1)[0]
         try:
-            cp = Checkpoint.open(note, verifier)
+            cp = Checkpoint.open(note, by_name.get(origin, first))
         except (VerificationError, MalformedInput) as exc:
             problems.append(f"checkpoint stored at size {row_size} does not verify: {exc}")
             continue
