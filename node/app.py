@@ -229,16 +229,24 @@ class OipApp:
         if self.state.on_served is None:
             return
         client = scope.get("client")
-        caller = f"app@{client[0]}" if client else "app"
-        await self.state.on_served(InferRecord(
+        entry = InferRecord(
             model=record.name,
             version=record.version,
-            caller=caller,
+            caller=f"app@{client[0]}" if client else "app",
             data_class=data_class or self.state.default_data_class,
             outcome=outcome,
             input_sha256=hashlib.sha256(body).hexdigest(),
             status=status,
-        ))
+        )
+        try:
+            await self.state.on_served(entry)
+        except Exception as exc:
+            # Fail closed: what cannot be recorded is not answered.
+            log.error("audit append failed: %s", exc)
+            raise HTTPError(
+                503, f"audit log unavailable ({exc}); the result was withheld, retry shortly",
+                [(b"retry-after", b"1")],
+            ) from None
 
 
 def _expect(method: str, wanted: str, path: str) -> None:

@@ -234,6 +234,11 @@ class AuditLog:
         return self._head
 
 
+def _blob(value: object) -> bytes:
+    """Entries are BLOBs; a hand-edited row may come back as TEXT — verify what is there."""
+    return value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[call-overload]
+
+
 async def _fetch_nodes(store: Store, nodes: Iterable[NodeId]) -> dict[NodeId, bytes]:
     wanted = {node_key(level, index): (level, index) for level, index in nodes}
     if not wanted:
@@ -297,7 +302,7 @@ class AuditReader:
             query += " AND seq < ?"
             args.append(end)
         async with self.store.conn.execute(query + " ORDER BY seq", args) as cur:
-            return [(int(s), bytes(e)) for s, e in await cur.fetchall()]
+            return [(int(s), _blob(e)) for s, e in await cur.fetchall()]
 
     async def tail(self, n: int) -> list[tuple[int, bytes]]:
         size = await self.size()
@@ -363,4 +368,4 @@ class AuditReader:
             "SELECT seq, entry FROM audit_entry WHERE seq >= ? ORDER BY seq", (start,)
         ) as cur:
             async for seq, entry in cur:
-                yield int(seq), bytes(entry)
+                yield int(seq), _blob(entry)
