@@ -34,6 +34,7 @@ class RuntimeInfo:
     listen: str
     admin_socket: str
     node_id: str
+    peer_listen: str = ""
 
     @property
     def app_url(self) -> str:

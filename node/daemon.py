@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,14 +32,24 @@ from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from models import OrtBackend
 from node import control
-from node.admin import AdminApp
+from node.admin import AdminApp, audit_query
 from node.app import AppState, InferRecord, OipApp
 from node.audit import AuditError, AuditLog, AuditReader
 from node.config import Config, parse_hostport
-from node.enrollment import EnrollmentError, apply_document, load_identity
-from node.keys import NodeKeyError, load_key
+from node.enrollment import (
+    AUTHORITY_CERT,
+    NODE_CERT,
+    EnrollmentError,
+    apply_document,
+    load_identity,
+    revocations,
+)
+from node.http import HTTPError, Receive, Scope, Send, send_json
+from node.keys import NodeKeyError, key_path, load_key
 from node.metrics import Metrics
 from node.modelhost import ModelHost
+from node.peer import PeerApp, PeerCredentials, protocol_class
+from node.peer import query as peer_query
 from node.probe import probe
 from node.store import Store, StoreError
 
@@ -100,17 +111,20 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _start_server(app: Any, sock: socket.socket, drain_s: float) -> _Server:
+async def _start_server(app: Any, sock: socket.socket, drain_s: float, *,
+                        tls: ssl.SSLContext | None = None,
+                        protocol: type[asyncio.Protocol] | None = None) -> _Server:
     config = uvicorn.Config(
         app,
         lifespan="off",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(drain_s, 0.01),  # type: ignore[arg-type]  # float works
-        http="httptools",
+        http=protocol or "httptools",
         loop="none",
     )
     config.load()
+    config.ssl = tls  # a ready context: uvicorn would only build one from files
     server = _Server(config)
     server.lifespan = config.lifespan_class(config)
     await server.startup(sockets=[sock])
@@ -135,7 +149,9 @@ class Daemon:
     servers: list[_Server] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     listen: str = ""
+    peer_listen: str = ""
     admin: AdminApp | None = None
+    credentials: PeerCredentials | None = None
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -145,6 +161,7 @@ class Daemon:
             "ready": self.app_state.ready,
             "uptime_s": round(time.time() - self.started_at, 3),
             "listen": self.listen,
+            "peer_listen": self.peer_listen or None,
             "data_dir": str(self.data_dir),
             "federation": self.identity.attributes() | {"federation": self.identity.federation}
             if self.identity else None,
@@ -170,6 +187,10 @@ class Daemon:
         except (FederationError, EnrollmentError) as exc:
             raise ValueError(str(exc)) from exc
         await self.audit.append(self.audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
+        if applied.kind == "revocation" and self.credentials is not None:
+            held = await revocations(self.store, self.data_dir)
+            if held is not None:
+                self.credentials.update_revocations(held)
         return applied.to_json()
 
     async def stop(self) -> None:
@@ -185,6 +206,30 @@ class Daemon:
         await self.store.close()
         control.clear_runtime(self.data_dir)
         self.lock.release()
+
+
+# Read-only views of the audit log that any enrolled peer (a witness) may ask for. Entries
+# themselves go only to the collectors policy names (audit.replicate).
+_PEER_AUDIT_VIEWS = frozenset({"checkpoint", "checkpoints", "proof", "consistency"})
+
+
+def _peer_app(daemon: Daemon) -> PeerApp:
+    app = PeerApp()
+    reader = AuditReader(daemon.store, daemon.audit.verifiers)
+
+    async def audit_view(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
+                         rest: str) -> None:
+        if rest not in _PEER_AUDIT_VIEWS:
+            raise HTTPError(404, f"no peer audit view {rest!r}; try {sorted(_PEER_AUDIT_VIEWS)}")
+        await send_json(send, 200, await audit_query(reader, rest, peer_query(scope)))
+
+    async def hello(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
+                    rest: str) -> None:
+        await send_json(send, 200, {"node_id": daemon.node_id, "you": peer.node_id})
+
+    app.route("GET", "/peer/v1/audit", audit_view)
+    app.route("GET", "/peer/v1/hello", hello)
+    return app
 
 
 def _audit_served(audit: AuditLog) -> Callable[[InferRecord], Awaitable[None]]:
@@ -264,6 +309,19 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         drain = config.node.drain_timeout_s
         daemon.servers.append(await _start_server(OipApp(app_state, host, metrics), app_sock, drain))
         daemon.servers.append(await _start_server(admin, admin_sock, drain))
+        if ident is not None:
+            daemon.credentials = PeerCredentials(
+                (data_dir / NODE_CERT).read_bytes(), key_path(data_dir).read_bytes(),
+                (data_dir / AUTHORITY_CERT).read_bytes(), await revocations(store, data_dir),
+            )
+            peer_sock = bind_tcp(config.node.peer_listen, key="node.peer_listen")
+            daemon.servers.append(await _start_server(
+                _peer_app(daemon), peer_sock, drain,
+                tls=daemon.credentials.listening_context(),
+                protocol=protocol_class(daemon.credentials),
+            ))
+            peer_host, peer_port = peer_sock.getsockname()[:2]
+            daemon.peer_listen = f"{peer_host}:{peer_port}"
         host_addr, port = app_sock.getsockname()[:2]
         daemon.listen = f"{host_addr}:{port}"
     except BaseException:
@@ -275,6 +333,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
     control.write_runtime(data_dir, control.RuntimeInfo(
         pid=os.getpid(), listen=daemon.listen,
         admin_socket=str(data_dir / control.ADMIN_SOCKET), node_id=node_id,
+        peer_listen=daemon.peer_listen,
     ))
     await audit.append(audit.record(
         "node.start", caller="daemon",
