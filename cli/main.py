@@ -407,5 +407,63 @@ def apply_cmd(data_dir: Path, document: Path) -> None:
     click.echo(f"applied {result['summary']}")
 
 
+# -- policy ----------------------------------------------------------------------------------
+
+
+@main.group()
+def policy() -> None:
+    """Cedar policy bundles signed by the federation authority."""
+
+
+@policy.command("sign")
+@click.argument("cedar", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--version", "version", type=int, required=True,
+              help="Bundle version; must be higher than the one in force.")
+@click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--schema", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--entities", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def policy_sign(cedar: Path, version: int, ca_dir: Path, schema: Path | None,
+                entities: Path | None, output: Path) -> None:
+    """Sign Cedar policies into a bundle (refused if the Cedar does not parse or validate)."""
+    from node.ops_federation import policy_sign as sign
+
+    with out.errors():
+        result = sign(ca_dir, cedar, version, output, schema, entities)
+    click.echo(f"policy bundle v{result['version']} for {result['federation']}: {result['file']}")
+
+
+@policy.command("apply")
+@data_dir_option
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_apply(data_dir: Path, bundle: Path) -> None:
+    """Put a signed policy bundle into this node (it then spreads to its peers)."""
+    from node.ops_federation import apply
+
+    with out.errors():
+        result = apply(data_dir, bundle)
+    click.echo(f"applied {result['summary']}")
+
+
+@policy.command("show")
+@data_dir_option
+@json_option
+def policy_show(data_dir: Path, as_json: bool) -> None:
+    """Show the policy bundle in force."""
+    from node.ops_federation import policy_show as show
+
+    with out.errors():
+        held = show(data_dir)
+    if as_json:
+        out.print_json(held)
+    elif held is None:
+        click.echo("no policy bundle in force: this node forwards nothing (fail closed); "
+                   "apply one with `outpost policy apply BUNDLE`")
+    else:
+        click.echo(f"policy bundle v{held['version']} of {held['federation']}, issued "
+                   f"{held['issued_at']} (digest {held['digest'][:16]}…)\n")
+        click.echo(held["policies"])
+
+
 if __name__ == "__main__":
     main()

@@ -135,6 +135,48 @@ def federation_revoke(ca_dir: Path, node_ids: list[str], out: Path) -> dict[str,
     return {"version": version, "file": str(out)}
 
 
+def policy_sign(ca_dir: Path, policy: Path, version: int, out: Path,
+                schema: Path | None = None, entities: Path | None = None) -> dict[str, Any]:
+    from federation.canonical import rfc3339
+    from federation.policy import sign_bundle
+
+    auth = authority.load_authority(ca_dir)
+    body = sign_bundle(
+        auth.key, policy.read_text(), version, rfc3339(now()), auth.name,
+        schema=schema.read_text() if schema else None,
+        entities=json.loads(entities.read_text()) if entities else None,
+    )
+    out.write_bytes(body)
+    return {"federation": auth.name, "version": version, "file": str(out)}
+
+
+def policy_show(data_dir: Path) -> dict[str, Any] | None:
+    """The policy bundle in force on this node, or None (the node then forwards nothing)."""
+    from federation.policy import read_bundle
+    from node.enrollment import authority_pem
+    from node.store import get_doc
+
+    async def get() -> tuple[int, bytes] | None:
+        store = await Store.open(data_dir)
+        try:
+            return await get_doc(store, "policy")
+        finally:
+            await store.close()
+
+    held = asyncio.run(get())
+    ca = authority_pem(data_dir)
+    if held is None or ca is None:
+        return None
+    bundle = read_bundle(held[1], identity.load_authority_certificate(ca).public_key())  # type: ignore[arg-type]
+    return {
+        "federation": bundle.federation,
+        "version": bundle.version,
+        "issued_at": bundle.issued_at,
+        "digest": bundle.digest,
+        "policies": bundle.policies,
+    }
+
+
 # -- node side -------------------------------------------------------------------------------
 
 
