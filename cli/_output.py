@@ -115,6 +115,23 @@ def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool) -> None:
         click.echo(f"{index:>8}  {entry['time']}  {entry['kind']:<16} {extra}")
 
 
+def print_peers(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no peers known yet (no seeds answered, nothing discovered)")
+        return
+    table = Table("node", "state", "tier", "site", "jur.", "models", "queue", "load", "rtt ms",
+                  "policy", "checkpoint", "address")
+    for r in rows:
+        models = ", ".join(f"{m['name']}:{m['version']}" for m in r.get("models", []))
+        state = r["state"] + (" EQUIVOCATED" if r.get("equivocated") else "")
+        table.add_row(r["node_id"], state, r.get("tier") or "?", r.get("site") or "?",
+                      r.get("jurisdiction") or "?", models or "-", str(r.get("queue", "-")),
+                      str(r.get("load", "-")), str(r.get("rtt_ms") or "-"),
+                      str(r.get("policy_version") or "-"), str(r.get("checkpoint_size") or "-"),
+                      r["address"])
+    console.print(table)
+
+
 def print_infer(response: dict[str, Any]) -> None:
     params = response.get("parameters", {})
     console.print(f"{response.get('model_name')}:{response.get('model_version')} served by "

@@ -407,6 +407,21 @@ def apply_cmd(data_dir: Path, document: Path) -> None:
     click.echo(f"applied {result['summary']}")
 
 
+@main.command()
+@data_dir_option
+@json_option
+def peers(data_dir: Path, as_json: bool) -> None:
+    """List federation members: state, attested attributes, models, load, RTT, policy, audit."""
+    from node.ops_federation import peers as listing
+
+    with out.errors():
+        rows = listing(data_dir)
+    if as_json:
+        out.print_json(rows)
+    else:
+        out.print_peers(rows)
+
+
 # -- policy ----------------------------------------------------------------------------------
 
 

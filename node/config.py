@@ -146,9 +146,37 @@ class FederationSection:
     back-off: for peers on other subnets or sites, which mDNS cannot see. Set by
     `outpost join CERT --seed HOST:PORT`."""
 
+    advertise: str = ""
+    """HOST:PORT other nodes use to reach this node's peer endpoint (UDP and HTTPS). Empty: the
+    `node.peer_listen` address, or this host's primary address when that is a wildcard."""
+
+    preset: str = "lan"
+    """Membership timing preset: `lan` (probe 1 s, gossip 200 ms), `wan` (slower, for nodes
+    across sites) or `local` (loopback and tests). Faster detects failures sooner and sends
+    more packets."""
+
+    mdns: bool = True
+    """Advertise and browse `_outpost._tcp.local.` on the LAN so peers find each other with no
+    seeds. Turn off where multicast is not allowed."""
+
+    advert_interval_s: float = 10.0
+    """How often this node republishes its capability advert (models, load). Shorter = fresher
+    placement data, more gossip traffic."""
+
+    checkpoint_interval_s: float = 5.0
+    """How often this node gossips a new audit checkpoint for its witnesses when the log grew."""
+
     def __post_init__(self) -> None:
         for seed in self.seeds:
             parse_hostport(seed, key="federation.seeds")
+        if self.advertise:
+            parse_hostport(self.advertise, key="federation.advertise")
+        if self.preset not in ("lan", "wan", "local"):
+            raise ConfigError("federation.preset must be one of lan, wan, local")
+        if not 0.5 <= self.advert_interval_s <= 3600:
+            raise ConfigError("federation.advert_interval_s must be between 0.5 and 3600")
+        if not 0.5 <= self.checkpoint_interval_s <= 3600:
+            raise ConfigError("federation.checkpoint_interval_s must be between 0.5 and 3600")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from node import control
 from node.admin import AdminApp, audit_query
 from node.app import AppState, InferRecord, OipApp
 from node.audit import AuditError, AuditLog, AuditReader
+from node.cluster import Cluster
 from node.config import Config, parse_hostport
 from node.enrollment import (
     AUTHORITY_CERT,
@@ -44,14 +45,15 @@ from node.enrollment import (
     load_identity,
     revocations,
 )
+from node.federate import peer_routes, peers_view, start_federation
 from node.http import HTTPError, Receive, Scope, Send, send_json
 from node.keys import NodeKeyError, key_path, load_key
 from node.metrics import Metrics
 from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
 from node.peer import query as peer_query
-from node.probe import probe
-from node.store import Store, StoreError
+from node.probe import probe, probe_gpus
+from node.store import Store, StoreError, get_doc
 
 log = logging.getLogger("outpost.daemon")
 
@@ -152,6 +154,23 @@ class Daemon:
     peer_listen: str = ""
     admin: AdminApp | None = None
     credentials: PeerCredentials | None = None
+    peer_app: PeerApp | None = None
+    cluster: Cluster | None = None
+    policy_version: int | None = None
+    gpus: int = 0
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, kept referenced, errors logged."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed: %s", t.exception())
+
+        task.add_done_callback(done)
 
     async def status(self) -> dict[str, Any]:
         return {
@@ -166,6 +185,11 @@ class Daemon:
             "federation": self.identity.attributes() | {"federation": self.identity.federation}
             if self.identity else None,
             "audit": {"origin": self.audit.origin, "size": self.audit.size},
+            "policy_version": self.policy_version,
+            "members": len(self.cluster.membership.live_members()) + 1 if self.cluster else None,
+            "equivocations": [
+                {"origin": e.origin, "size": e.size} for e in self.cluster.equivocations
+            ] if self.cluster else [],
             "models": [
                 {
                     "name": s.record.name,
@@ -191,12 +215,23 @@ class Daemon:
             held = await revocations(self.store, self.data_dir)
             if held is not None:
                 self.credentials.update_revocations(held)
+                if self.cluster is not None:
+                    self.cluster.update_revocations(held)
+        if applied.kind == "policy":
+            self.policy_version = applied.version
+        if self.cluster is not None:
+            doc = await get_doc(self.store, applied.kind)
+            if doc is not None:
+                self.cluster.put_document(applied.kind, doc[0], doc[1])
         return applied.to_json()
 
     async def stop(self) -> None:
         """Drain and shut down every component, in reverse order of startup."""
         self.app_state.ready = False
+        if self.cluster is not None:
+            await self.cluster.stop()
         await asyncio.gather(*(s.shutdown() for s in self.servers))
+        await asyncio.gather(*self.background, return_exceptions=True)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -306,6 +341,14 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         admin = AdminApp(host, daemon.status, AuditReader(store, audit.verifiers),
                          apply=daemon.apply)
         daemon.admin = admin
+        held_policy = await get_doc(store, "policy")
+        daemon.policy_version = held_policy[0] if held_policy else None
+        daemon.gpus = len(probe_gpus())
+
+        async def peers(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
+            return 200, await peers_view(daemon)
+
+        admin.route("GET", "/peers", peers)
         drain = config.node.drain_timeout_s
         daemon.servers.append(await _start_server(OipApp(app_state, host, metrics), app_sock, drain))
         daemon.servers.append(await _start_server(admin, admin_sock, drain))
@@ -315,13 +358,22 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                 (data_dir / AUTHORITY_CERT).read_bytes(), await revocations(store, data_dir),
             )
             peer_sock = bind_tcp(config.node.peer_listen, key="node.peer_listen")
+            daemon.peer_app = _peer_app(daemon)
+            peer_routes(daemon)
             daemon.servers.append(await _start_server(
-                _peer_app(daemon), peer_sock, drain,
+                daemon.peer_app, peer_sock, drain,
                 tls=daemon.credentials.listening_context(),
                 protocol=protocol_class(daemon.credentials),
             ))
             peer_host, peer_port = peer_sock.getsockname()[:2]
             daemon.peer_listen = f"{peer_host}:{peer_port}"
+            try:
+                daemon.cluster = await start_federation(daemon, key)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot open UDP {daemon.peer_listen} for gossip ({exc.strerror}); free "
+                    "the port or choose another with --peer-listen HOST:PORT"
+                ) from None
         host_addr, port = app_sock.getsockname()[:2]
         daemon.listen = f"{host_addr}:{port}"
     except BaseException:

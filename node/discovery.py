@@ -409,7 +409,7 @@ class _PeerTable:
                         "further new names until some leave", MAX_CANDIDATES, name)
         return False
 
-    def resolved(self, name: str, candidate: Candidate, now: float) -> tuple[bool, bool]:
+    def resolved(self, name: str, candidate: Candidate) -> tuple[bool, bool]:
         """A name resolved to ``candidate``: (report it?, was it lost?)."""
         was_lost = self._forget_lost(name)
         if not was_lost and not self.has_room_for(name):
@@ -491,6 +491,7 @@ class Discovery:
         self._aiozc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
+        self._registered = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._resolving: set[str] = set()
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_RESOLVES)
@@ -561,8 +562,11 @@ class Discovery:
             if browser is not None:
                 await browser.async_cancel()
         info, self._info = self._info, None
+        registered, self._registered = self._registered, False
         try:
-            if info is not None and not aiozc.zeroconf.done:
+            # Only if our name was granted: a goodbye for a name another node won the probe
+            # for would make every peer drop that node.
+            if info is not None and registered and not aiozc.zeroconf.done:
                 await asyncio.wait_for(await aiozc.async_unregister_service(info), timeout=5.0)
         except (ZeroconfError, OSError, TimeoutError) as exc:
             log.warning("mDNS: goodbye for %s not sent (%s); peers will notice by TTL",
@@ -578,7 +582,7 @@ class Discovery:
             raise ValueError("discovery: the node id cannot change while running; "
                              "stop() and start a new Discovery")
         self._advert = advert
-        if self._aiozc is not None and self._info is not None:
+        if self._aiozc is not None and self._info is not None and self._registered:
             self._info = self._service_info(self._info.parsed_addresses())
             await self._announce(self._aiozc.async_update_service(self._info))
 
@@ -636,6 +640,7 @@ class Discovery:
         except BadTypeInNameException as exc:  # Advert validation should make this impossible
             raise DiscoveryError(f"mDNS refused the service name {self._advert.service_name!r}; "
                                  "use a node id of a-z, 0-9 and '-'") from exc
+        self._registered = True
         self._last_announce = asyncio.get_running_loop().time()
         await self._announce(announced)
 
@@ -686,11 +691,10 @@ class Discovery:
             self._resolving.discard(key)
         if not ok:
             return False
-        now = asyncio.get_running_loop().time()
         candidate = parse_candidate(name, info.properties, info.parsed_scoped_addresses())
         if candidate is None or candidate.node_id == self._advert.node_id:
             return True
-        report, was_lost = self._table.resolved(key, candidate, now)
+        report, was_lost = self._table.resolved(key, candidate)
         if report:
             self._call(self._on_found, candidate)
         if was_lost:

@@ -55,6 +55,11 @@ class Metrics:
             "outpost_http_errors", "Requests refused before reaching a model, by status",
             ["code"], registry=self.registry,
         )
+        self.gossip_dropped = Counter(
+            "outpost_gossip_dropped", "Peer messages dropped, by reason (forged, replayed, "
+            "oversized, malformed, unknown_sender, revoked, ...)",
+            ["reason"], registry=self.registry,
+        )
         self.registry.register(_QueueCollector(queue_depths))
 
     def observe_batch(self, name: str, version: str, size: int, seconds: float) -> None:

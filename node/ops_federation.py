@@ -177,6 +177,18 @@ def policy_show(data_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def peers(data_dir: Path) -> list[dict[str, Any]]:
+    client = connect(data_dir)
+    if client is None:
+        raise EnrollmentError(
+            f"no daemon is running on {data_dir}; membership is live state — start it with "
+            "`outpost run`"
+        )
+    with client:
+        rows: list[dict[str, Any]] = client.request("GET", "/peers")
+        return rows
+
+
 # -- node side -------------------------------------------------------------------------------
 
 

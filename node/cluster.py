@@ -1,0 +1,411 @@
+"""The daemon's side of the federation protocols: sockets, timers and persistence around the
+sans-I/O cores (``federation.membership``, ``federation.statesync``, ``federation.items``).
+
+- UDP on the peer port: every datagram sealed by the sender's node key (``federation.envelope``)
+  and checked against the sender's attested key and a replay window; forged, replayed, oversized,
+  malformed or revoked datagrams are dropped and counted (``outpost_gossip_dropped_total``).
+- The reliable path: ``POST /peer/v1/gossip`` over the mutual-TLS peer endpoint; the TLS identity
+  must be the message's ``source_id``.
+- One task drives both cores: sleep until the earlier deadline, tick, send effects, react to
+  events (persist and audit policy and revocation lists that arrive, turn conflicting checkpoints
+  into equivocation evidence), republish this node's capability advert and audit checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from federation import envelope
+from federation.audit import EquivocationEvidence
+from federation.config import ClusterConfig
+from federation.errors import FederationError
+from federation.identity import NodeIdentity, RevocationList, read_revocation_list
+from federation.items import (
+    AUTHORITY_ORIGIN,
+    POLICY_KEY,
+    REVOCATIONS_KEY,
+    ItemValidator,
+    make_advert,
+    make_checkpoint_item,
+    make_evidence_item,
+    make_policy_item,
+    make_revocation_item,
+    read_advert,
+    read_checkpoint_item,
+)
+from federation.limits import MAX_DATAGRAM_PAYLOAD, MAX_STREAM_MESSAGE_BYTES
+from federation.membership import Member, MemberEvent, Membership
+from federation.messages import Effect, Event, Item, ItemKind, Message, Send, decode, encode
+from federation.statesync import Conflict, ItemAccepted, StateSync
+from node.store import get_doc
+
+log = logging.getLogger("outpost.cluster")
+
+# Outgoing reliable exchanges in flight at once; beyond it new ones are dropped (the protocol
+# retries by itself) rather than piling up tasks behind a slow or dead peer.
+MAX_INFLIGHT = 64
+# How long one reliable exchange may take before it counts as failed.
+EXCHANGE_TIMEOUT_S = 5.0
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class ClusterDeps:
+    """What the cluster needs from the rest of the daemon (wired in ``node.daemon``)."""
+
+    node_id: str
+    key: Any
+    cert_pem: bytes
+    authority_pem: bytes
+    address: str  # host:port advertised for UDP and HTTPS
+    config: ClusterConfig
+    seeds: list[str]
+    client_tls: Callable[[], Any]
+    advert_body: Callable[[], dict[str, Any]]
+    on_document: Callable[[str, int, bytes, str | None], Any]  # kind, version, body, source
+    on_equivocation: Callable[[EquivocationEvidence], Any]
+    checkpoint_source: Callable[[], Any]  # async () -> (size, note, proofs)
+    count_drop: Callable[[str], None]
+    advert_interval_s: float = 10.0
+    checkpoint_interval_s: float = 5.0
+
+
+@dataclass
+class _Peer:
+    identity: NodeIdentity
+    rtt_s: float | None = None
+
+
+class Cluster(asyncio.DatagramProtocol):
+    def __init__(self, deps: ClusterDeps, revocations: RevocationList | None) -> None:
+        self.deps = deps
+        self.validator = ItemValidator(deps.authority_pem, datetime.now(UTC), revocations)
+        rng = random.Random()
+        self.membership = Membership(deps.node_id, deps.address, deps.config.membership, rng)
+        self.sync = StateSync(deps.node_id, deps.address, deps.config.gossip, self.validator,
+                              rng, peers=self.membership)
+        self.membership.set_delegate(self.sync)
+        self.replay = envelope.ReplayGuard()
+        self.boot = time.time_ns()
+        self.seq = 0
+        self.tls_peers: dict[str, _Peer] = {}
+        self.equivocations: list[EquivocationEvidence] = []
+        self._udp: asyncio.DatagramTransport | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._advert_version = 0
+        self._next_advert = 0.0
+        self._next_checkpoint = 0.0
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, udp_host: str, udp_port: int, policy: bytes | None,
+                    policy_version: int | None, revocation_pem: bytes | None,
+                    revocation_version: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(udp_host, udp_port)
+        )
+        self._http = httpx.AsyncClient(verify=self.deps.client_tls(), timeout=EXCHANGE_TIMEOUT_S)
+        now = time.monotonic()
+        if revocation_pem is not None and revocation_version is not None:
+            self._apply(self.sync.put(make_revocation_item(revocation_pem, revocation_version), now))
+        if policy is not None and policy_version is not None:
+            self._apply(self.sync.put(make_policy_item(policy, policy_version), now))
+        self._publish_advert(now)
+        if self.deps.seeds:
+            self._apply(self.membership.join(self.deps.seeds, now))
+        self._task = asyncio.create_task(self._run(), name="cluster")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            self._apply(self.membership.leave(time.monotonic()))
+        await asyncio.sleep(0.05)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+        if self._udp is not None:
+            self._udp.close()
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            deadline = min(self.membership.next_deadline(), self.sync.next_deadline(),
+                           self._next_advert, self._next_checkpoint)
+            if deadline > now:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(deadline - now, 1.0))
+                continue
+            try:
+                self.validator.now = datetime.now(UTC)
+                self._apply(self.membership.tick(now))
+                self._apply(self.sync.tick(now))
+                if now >= self._next_advert:
+                    self._publish_advert(now)
+                if now >= self._next_checkpoint:
+                    self._next_checkpoint = now + self.deps.checkpoint_interval_s
+                    await self._publish_checkpoint(now)
+            except Exception:
+                log.exception("cluster tick failed")
+                await asyncio.sleep(0.1)
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _publish_advert(self, now: float) -> None:
+        self._next_advert = now + self.deps.advert_interval_s
+        self._advert_version = max(self._advert_version + 1, time.time_ns() // 1000)
+        item = make_advert(self.deps.key, self.deps.node_id, self.deps.cert_pem,
+                           self._advert_version, self.deps.advert_body())
+        self._apply(self.sync.put(item, now))
+
+    async def _publish_checkpoint(self, now: float) -> None:
+        size, note, proofs = await self.deps.checkpoint_source()
+        held = self.sync.get(self.deps.node_id, ItemKind.AUDIT_CHECKPOINT, "checkpoint")
+        if size == 0 or (held is not None and held.version >= size):
+            return
+        self._apply(self.sync.put(make_checkpoint_item(self.deps.node_id, size, note, proofs), now))
+
+    def put_document(self, kind: str, version: int, body: bytes) -> None:
+        """Spread a policy bundle or revocation list applied on this node."""
+        item = (make_policy_item(body, version) if kind == "policy"
+                else make_revocation_item(body, version))
+        self.validator.now = datetime.now(UTC)
+        self._apply(self.sync.put(item, time.monotonic()))
+
+    def update_revocations(self, revocations: RevocationList) -> None:
+        self.validator.revocations = revocations
+        for node_id in list(self.tls_peers):
+            if revocations.is_revoked(self.tls_peers[node_id].identity):
+                del self.tls_peers[node_id]
+
+    # -- effects and events -------------------------------------------------------------------
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                payload = encode(effect.msg)
+                if effect.reliable:
+                    self._send_stream(effect.to, payload)
+                else:
+                    self._send_datagram(effect.to, payload)
+            elif isinstance(effect, Event):
+                self._on_event(effect)
+        self._wake.set()
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, ItemAccepted):
+            item = event.item
+            if item.kind is ItemKind.CAPABILITY_ADVERT:
+                return
+            if item.kind is ItemKind.POLICY_BUNDLE:
+                self.deps.on_document("policy", item.version, item.value, event.source)
+            elif item.kind is ItemKind.REVOCATION_LIST:
+                crl = read_revocation_list(item.value, self.deps.authority_pem)
+                self.update_revocations(crl)
+                self.deps.on_document("revocation", item.version, item.value, event.source)
+        elif isinstance(event, Conflict) and event.item.kind is ItemKind.AUDIT_CHECKPOINT:
+            held = event.held
+            if held is None:
+                return
+            note_a, _ = read_checkpoint_item(held)
+            note_b, _ = read_checkpoint_item(event.item)
+            evidence = EquivocationEvidence.of(event.item.origin, event.item.version, note_a, note_b)
+            if evidence not in self.equivocations:
+                self.equivocations.append(evidence)
+                self.deps.on_equivocation(evidence)
+                self._apply(self.sync.put(make_evidence_item(evidence, event.item.origin),
+                                          time.monotonic()))
+        elif isinstance(event, MemberEvent):
+            log.info("member %s", event)
+
+    # -- UDP ---------------------------------------------------------------------------------
+
+    def _send_datagram(self, to: str, payload: bytes) -> None:
+        if self._udp is None or len(payload) > MAX_DATAGRAM_PAYLOAD:
+            self.deps.count_drop("oversized_out")
+            return
+        self.seq += 1
+        sealed = envelope.seal(self.deps.key, self.deps.node_id, self.boot, self.seq, payload)
+        try:
+            self._udp.sendto(sealed, _split(to))
+        except (OSError, ValueError) as exc:
+            log.debug("datagram to %s failed: %s", to, exc)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) > MAX_DATAGRAM_PAYLOAD + 512:
+            self.deps.count_drop("oversized")
+            return
+        try:
+            sender = envelope.peek_sender(data)
+        except FederationError:
+            self.deps.count_drop("malformed")
+            return
+        ident = self._identity(sender)
+        if ident is None:
+            self.deps.count_drop("unknown_sender")
+            return
+        try:
+            opened = envelope.open_sealed(data, ident.public_key)
+        except FederationError:
+            self.deps.count_drop("forged")
+            return
+        if not self.replay.accept(opened.node_id, opened.boot, opened.seq):
+            self.deps.count_drop("replayed")
+            return
+        try:
+            msg = decode(opened.payload)
+        except FederationError:
+            self.deps.count_drop("malformed")
+            return
+        if not _sources_match(msg, sender):
+            self.deps.count_drop("forged")
+            return
+        self.validator.now = datetime.now(UTC)
+        self._apply(self.membership.receive(f"{addr[0]}:{addr[1]}", msg, time.monotonic()))
+
+    def _identity(self, node_id: str) -> NodeIdentity | None:
+        ident = self.validator.identities.get(node_id)
+        if ident is None and node_id in self.tls_peers:
+            ident = self.tls_peers[node_id].identity
+        revocations = self.validator.revocations
+        if ident is not None and revocations is not None and revocations.is_revoked(ident):
+            return None
+        return ident
+
+    # -- reliable path -------------------------------------------------------------------------
+
+    def _send_stream(self, to: str, payload: bytes) -> None:
+        if self._http is None or self._stopping:
+            return
+        if len(self._inflight) >= MAX_INFLIGHT:
+            self.deps.count_drop("inflight_full")
+            return
+        task = asyncio.create_task(self._post(to, payload))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _post(self, to: str, payload: bytes) -> None:
+        assert self._http is not None
+        started = time.monotonic()
+        try:
+            response = await self._http.post(f"https://{to}/peer/v1/gossip", content=payload)
+        except httpx.HTTPError as exc:
+            log.debug("exchange with %s failed: %s", to, exc)
+            return
+        if response.status_code != 204:
+            log.info("exchange with %s refused: %s", to, response.text[:200])
+            return
+        rtt = time.monotonic() - started
+        stream = response.extensions.get("network_stream")
+        sslobj = stream.get_extra_info("ssl_object") if stream is not None else None
+        if sslobj is not None:
+            with contextlib.suppress(FederationError):
+                from node.tls import peer_identity
+
+                ident = peer_identity(sslobj, self.deps.authority_pem, datetime.now(UTC),
+                                      revocations=self.validator.revocations)
+                self.tls_peers[ident.node_id] = _Peer(ident, rtt)
+
+    def receive_reliable(self, body: bytes, peer: NodeIdentity) -> str | None:
+        """A POSTed message from an authenticated peer; returns an error text or None."""
+        if len(body) > MAX_STREAM_MESSAGE_BYTES:
+            self.deps.count_drop("oversized")
+            return "message too large"
+        try:
+            msg = decode(body, max_bytes=MAX_STREAM_MESSAGE_BYTES)
+        except FederationError as exc:
+            self.deps.count_drop("malformed")
+            return f"malformed message: {exc}"
+        if not _sources_match(msg, peer.node_id):
+            self.deps.count_drop("forged")
+            return "source_id is not the TLS peer"
+        known = self.tls_peers.get(peer.node_id)
+        self.tls_peers[peer.node_id] = _Peer(peer, known.rtt_s if known else None)
+        address = getattr(msg, "source_addr", None) or ""
+        self.validator.now = datetime.now(UTC)
+        self._apply(self.membership.receive(address, msg, time.monotonic()))
+        return None
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def peers(self) -> list[dict[str, Any]]:
+        rows = []
+        for member in self.membership.members():
+            rows.append(self._row(member))
+        return rows
+
+    def _row(self, member: Member) -> dict[str, Any]:
+        advert_item = self.sync.get(member.node_id, ItemKind.CAPABILITY_ADVERT, "advert")
+        body: dict[str, Any] = {}
+        ident = None
+        if advert_item is not None:
+            with contextlib.suppress(FederationError):
+                advert = read_advert(advert_item, self.deps.authority_pem, datetime.now(UTC))
+                body, ident = dict(advert.body), advert.identity
+        checkpoint = self.sync.get(member.node_id, ItemKind.AUDIT_CHECKPOINT, "checkpoint")
+        tls = self.tls_peers.get(member.node_id)
+        return {
+            "node_id": member.node_id,
+            "address": member.address,
+            "state": member.status.name.lower(),
+            "incarnation": member.incarnation,
+            "tier": ident.tier if ident else None,
+            "site": ident.site if ident else None,
+            "jurisdiction": ident.jurisdiction if ident else None,
+            "labels": dict(ident.labels) if ident else {},
+            "models": body.get("models", []),
+            "load": body.get("load"),
+            "queue": body.get("queue"),
+            "gpus": body.get("gpus", 0),
+            "policy_version": body.get("policy_version"),
+            "rtt_ms": round(tls.rtt_s * 1000, 2) if tls and tls.rtt_s is not None else None,
+            "checkpoint_size": checkpoint.version if checkpoint else None,
+            "equivocated": any(e.origin == member.node_id for e in self.equivocations),
+        }
+
+    def policy_item(self) -> Item | None:
+        return self.sync.get(AUTHORITY_ORIGIN, ItemKind.POLICY_BUNDLE, POLICY_KEY)
+
+    def revocation_item(self) -> Item | None:
+        return self.sync.get(AUTHORITY_ORIGIN, ItemKind.REVOCATION_LIST, REVOCATIONS_KEY)
+
+
+def _sources_match(msg: Message, node_id: str) -> bool:
+    """Every part that names its sender must name the authenticated one."""
+    parts = getattr(msg, "parts", None)
+    for part in (parts if parts is not None else (msg,)):
+        source = getattr(part, "source_id", None)
+        if source is not None and source != node_id:
+            return False
+    return True
+
+
+async def held_documents(store: Any) -> tuple[tuple[int, bytes] | None, tuple[int, bytes] | None]:
+    return await get_doc(store, "policy"), await get_doc(store, "revocation")
+
+
+__all__ = ["Cluster", "ClusterDeps", "held_documents"]

@@ -1,0 +1,177 @@
+"""Wiring an enrolled daemon into its federation: the cluster service, the callbacks that
+persist and audit what gossip brings, this node's advert and checkpoints, and the peer and
+admin routes that expose them. Everything here is glue; protocols live in ``federation`` and
+sockets in ``node.cluster``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from federation.audit import EquivocationEvidence
+from federation.config import ClusterConfig
+from federation.identity import NodeIdentity, read_revocation_list
+from node.audit import AuditReader
+from node.cluster import Cluster, ClusterDeps, held_documents
+from node.enrollment import revocations
+from node.http import HTTPError, Receive, Scope, Send, read_body, send_response
+from node.store import get_doc, put_doc
+
+if TYPE_CHECKING:
+    from node.daemon import Daemon
+
+log = logging.getLogger("outpost.federate")
+
+# Witnesses are handed consistency proofs from this many earlier published checkpoints.
+_PROOF_HISTORY = 8
+
+
+def advertised_address(configured: str, peer_listen: str) -> str:
+    """Where peers reach us: the configured address, the listen address, or this host's
+    primary address when listening on a wildcard."""
+    if configured:
+        return configured
+    host, _, port = peer_listen.rpartition(":")
+    if host not in ("0.0.0.0", "::", ""):
+        return peer_listen
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 9))  # no packet is sent: picks the route's source
+            host = probe.getsockname()[0]
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+async def start_federation(daemon: Daemon, key: Any) -> Cluster:
+    assert daemon.identity is not None and daemon.credentials is not None
+    config = daemon.config
+    presets = {"lan": ClusterConfig.lan, "wan": ClusterConfig.wan, "local": ClusterConfig.local}
+    address = advertised_address(config.federation.advertise, daemon.peer_listen)
+    published: list[tuple[int, str]] = []  # (size, note) of checkpoints we gossiped
+    reader = AuditReader(daemon.store, daemon.audit.verifiers)
+
+    def advert_body() -> dict[str, Any]:
+        served = daemon.host.served()
+        return {
+            "models": [{"name": s.record.name, "version": s.record.version,
+                        "sha256": s.record.sha256, "provider": s.model.provider}
+                       for s in served],
+            "queue": sum(s.model.queue_depth for s in served),
+            "load": round(_load1(), 2),
+            "gpus": daemon.gpus,
+            "policy_version": daemon.policy_version,
+            "app": daemon.listen,
+        }
+
+    def on_document(kind: str, version: int, body: bytes, source: str | None) -> None:
+        daemon.spawn(_persist_document(daemon, kind, version, body, source))
+
+    def on_equivocation(evidence: EquivocationEvidence) -> None:
+        log.error("EQUIVOCATION: %s signed two different checkpoints of size %d",
+                  evidence.origin, evidence.size)
+        daemon.spawn(daemon.audit.append(daemon.audit.record(
+            "equivocation", peer=evidence.origin,
+            reason=f"two signed checkpoints of size {evidence.size} with different roots",
+            detail={"size": evidence.size},
+        )))
+
+    async def checkpoint_source() -> tuple[int, str, dict[int, list[bytes]]]:
+        size = daemon.audit.size
+        note = daemon.audit.checkpoint()
+        if note is None or size == 0:
+            return 0, "", {}
+        proofs: dict[int, list[bytes]] = {}
+        for old, _ in published[-_PROOF_HISTORY:]:
+            if 0 < old < size:
+                proofs[old] = list((await reader.consistency_proof(old, size)).hashes)
+        published.append((size, note))
+        del published[:-_PROOF_HISTORY]
+        return size, note, proofs
+
+    deps = ClusterDeps(
+        node_id=daemon.node_id,
+        key=key,
+        cert_pem=daemon.credentials.cert_pem,
+        authority_pem=daemon.credentials.authority_pem,
+        address=address,
+        config=presets[config.federation.preset](),
+        seeds=list(config.federation.seeds),
+        client_tls=daemon.credentials.client,
+        advert_body=advert_body,
+        on_document=on_document,
+        on_equivocation=on_equivocation,
+        checkpoint_source=checkpoint_source,
+        count_drop=lambda reason: daemon.metrics.gossip_dropped.labels(reason).inc(),
+        advert_interval_s=config.federation.advert_interval_s,
+        checkpoint_interval_s=config.federation.checkpoint_interval_s,
+    )
+    cluster = Cluster(deps, await revocations(daemon.store, daemon.data_dir))
+    policy, crl = await held_documents(daemon.store)
+    host, _, port = daemon.peer_listen.rpartition(":")
+    await cluster.start(
+        host, int(port),
+        policy[1] if policy else None, policy[0] if policy else None,
+        crl[1] if crl else None, crl[0] if crl else None,
+    )
+    log.info("federation %s: node %s gossiping as %s (seeds: %s)", daemon.identity.federation,
+             daemon.node_id, address, ", ".join(config.federation.seeds) or "none")
+    return cluster
+
+
+async def _persist_document(daemon: Daemon, kind: str, version: int, body: bytes,
+                            source: str | None) -> None:
+    """A policy bundle or revocation list arrived by gossip: keep it and record it, once."""
+    held = await get_doc(daemon.store, kind)
+    if held is not None and held[0] >= version:
+        return
+    await put_doc(daemon.store, kind, version, body)
+    if kind == "revocation" and daemon.credentials is not None:
+        daemon.credentials.update_revocations(
+            read_revocation_list(body, daemon.credentials.authority_pem))
+    if kind == "policy":
+        daemon.policy_version = version
+    fields: dict[str, Any] = {"caller": f"gossip:{source}" if source else "gossip",
+                              "reason": f"{kind} v{version} received by gossip"}
+    if kind == "policy":
+        fields["policy_version"] = version
+    else:
+        fields["detail"] = {"version": version}
+    await daemon.audit.append(daemon.audit.record(f"{kind}.apply", **fields))
+    log.info("%s v%d received by gossip and applied", kind, version)
+
+
+def peer_routes(daemon: Daemon) -> None:
+    """Peer endpoint routes owned by the federation layer."""
+    assert daemon.peer_app is not None
+
+    async def gossip(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
+                     rest: str) -> None:
+        from federation.limits import MAX_STREAM_MESSAGE_BYTES
+
+        if daemon.cluster is None:
+            raise HTTPError(503, "federation not started yet; retry")
+        body = await read_body(scope, receive, MAX_STREAM_MESSAGE_BYTES)
+        error = daemon.cluster.receive_reliable(body, peer)
+        if error is not None:
+            raise HTTPError(400, error)
+        await send_response(send, 204, b"", [])
+
+    daemon.peer_app.route("POST", "/peer/v1/gossip", gossip)
+
+
+async def peers_view(daemon: Daemon) -> list[dict[str, Any]]:
+    if daemon.cluster is None:
+        return []
+    return daemon.cluster.peers()
+
+
+def _load1() -> float:
+    import os
+
+    return os.getloadavg()[0]
+
+
+__all__ = ["advertised_address", "peer_routes", "peers_view", "start_federation"]
