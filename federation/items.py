@@ -64,14 +64,17 @@ class Advert:
     body: Mapping[str, Any]
 
 
-def _advert_signed_bytes(origin: str, version: int, body: Mapping[str, Any]) -> bytes:
-    return canonical_json({"origin": origin, "kind": "advert", "version": version, "body": body})
+def _advert_signed_bytes(origin: str, version: int, body: Mapping[str, Any], cert: str) -> bytes:
+    # The certificate is signed too: a relay must not swap in another (older) certificate of
+    # the same key at the same version.
+    return canonical_json({"origin": origin, "kind": "advert", "version": version, "body": body,
+                           "cert": cert})
 
 
 def make_advert(key: Ed25519PrivateKey, node_id: str, cert_pem: bytes, version: int,
                 body: Mapping[str, Any]) -> Item:
     """The node's capability advert item, signed by its own key."""
-    signature = key.sign(_advert_signed_bytes(node_id, version, body))
+    signature = key.sign(_advert_signed_bytes(node_id, version, body, cert_pem.decode()))
     value = canonical_json({"cert": cert_pem.decode(), "body": dict(body),
                             "sig": b64encode(signature)})
     return Item(node_id, ItemKind.CAPABILITY_ADVERT, ADVERT_KEY, version, value)
@@ -128,7 +131,7 @@ def read_advert(item: Item, authority_cert_pem: bytes, now: datetime) -> Advert:
         )
     try:
         ident.public_key.verify(b64decode(sig, length=64, what="advert signature"),
-                                _advert_signed_bytes(item.origin, item.version, body))
+                                _advert_signed_bytes(item.origin, item.version, body, cert))
     except InvalidSignature:
         from federation.errors import BadSignature
 
@@ -154,9 +157,9 @@ class ItemValidator:
     wants_proof: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._authority_key = identity.load_authority_certificate(
-            self.authority_cert_pem
-        ).public_key()
+        authority = identity.load_authority_certificate(self.authority_cert_pem)
+        self._authority_key = authority.public_key()
+        self._federation = identity._common_name(authority.subject)
 
     def verifier(self, node_id: str) -> Verifier | None:
         ident = self.identities.get(node_id)
@@ -175,6 +178,8 @@ class ItemValidator:
     def _validate(self, item: Item, current: Item | None) -> Verdict:
         kind = item.kind
         if kind is ItemKind.CAPABILITY_ADVERT:
+            if item.key != ADVERT_KEY:
+                return Reject(f"capability adverts live at key {ADVERT_KEY!r}, not {item.key!r}")
             advert = read_advert(item, self.authority_cert_pem, self.now)
             if self.revocations is not None:
                 self.revocations.check(advert.identity)
@@ -185,7 +190,8 @@ class ItemValidator:
 
             if item.origin != AUTHORITY_ORIGIN or item.key != POLICY_KEY:
                 return Reject("policy bundles are authority items (@authority/policy)")
-            bundle = read_bundle(item.value, self._authority_key)  # type: ignore[arg-type]
+            bundle = read_bundle(item.value, self._authority_key,  # type: ignore[arg-type]
+                                 federation=self._federation)
             if bundle.version != item.version:
                 return Reject(f"item version {item.version} != bundle version {bundle.version}")
             return ACCEPT
@@ -202,11 +208,19 @@ class ItemValidator:
             verifier = self.verifier(item.origin)
             if verifier is None:
                 return Reject(f"no verified advert of {item.origin} yet")
-            EquivocationEvidence.parse(item.value).verify(verifier)
+            evidence = EquivocationEvidence.parse(item.value)
+            if item.key != f"fork:{evidence.size}" or item.version != 1:
+                return Reject(f"evidence of size {evidence.size} lives at key "
+                              f"'fork:{evidence.size}' version 1, not {item.key!r} "
+                              f"version {item.version}")
+            evidence.verify(verifier)
             return ACCEPT
         return Reject(f"unknown item kind {kind!r}")
 
     def _checkpoint(self, item: Item, current: Item | None) -> Verdict:
+        if item.key != CHECKPOINT_KEY:
+            # Elsewhere it would be a second, unwitnessed slot: TOFU without a proof.
+            return Reject(f"checkpoints live at key {CHECKPOINT_KEY!r}, not {item.key!r}")
         verifier = self.verifier(item.origin)
         if verifier is None:
             return Reject(f"no verified advert of {item.origin} yet; cannot check its checkpoint")
@@ -224,7 +238,10 @@ class ItemValidator:
             return ACCEPT
         proof = proofs.get(held.size)
         if proof is None:
-            self.wants_proof.append((item.origin, held.size, checkpoint.size))
+            want = (item.origin, held.size, checkpoint.size)
+            if want not in self.wants_proof:
+                self.wants_proof.append(want)
+                del self.wants_proof[:-64]  # bounded: the I/O layer drains it
             return Reject(
                 f"checkpoint {checkpoint.size} of {item.origin} has no consistency proof from "
                 f"the held size {held.size}"

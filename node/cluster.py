@@ -44,7 +44,13 @@ from federation.items import (
     read_checkpoint_item,
 )
 from federation.limits import MAX_DATAGRAM_PAYLOAD, MAX_STREAM_MESSAGE_BYTES
-from federation.membership import Member, MemberEvent, Membership
+from federation.membership import (
+    Member,
+    MemberAlive,
+    MemberEvent,
+    MemberJoined,
+    Membership,
+)
 from federation.messages import Effect, Event, Item, ItemKind, Message, Send, decode, encode
 from federation.statesync import Conflict, ItemAccepted, StateSync
 from node.store import get_doc
@@ -234,13 +240,30 @@ class Cluster(asyncio.DatagramProtocol):
             note_a, _ = read_checkpoint_item(held)
             note_b, _ = read_checkpoint_item(event.item)
             evidence = EquivocationEvidence.of(event.item.origin, event.item.version, note_a, note_b)
+            verifier = self.validator.verifier(event.item.origin)
+            try:
+                # A relay can re-encode an item's unsigned parts and cause a conflict with no
+                # fork behind it: only two signed, differently-rooted checkpoints are evidence.
+                if verifier is None:
+                    return
+                evidence.verify(verifier)
+            except FederationError:
+                return
             if evidence not in self.equivocations:
                 self.equivocations.append(evidence)
                 self.deps.on_equivocation(evidence)
                 self._apply(self.sync.put(make_evidence_item(evidence, event.item.origin),
                                           time.monotonic()))
+        elif isinstance(event, MemberJoined | MemberAlive):
+            # A newcomer (or a node back from a partition) gets our whole state at once instead
+            # of waiting for the next anti-entropy round: adverts with certificates are too big
+            # to travel as rumors.
+            log.info("member %s %s at %s", event.member.node_id, type(event).__name__,
+                     event.member.address)
+            if event.member.node_id != self.deps.node_id:
+                self._apply([self.sync.exchange_with(event.member.address)])
         elif isinstance(event, MemberEvent):
-            log.info("member %s", event)
+            log.info("member %s %s", event.member.node_id, type(event).__name__)
 
     # -- UDP ---------------------------------------------------------------------------------
 

@@ -584,7 +584,7 @@ class Discovery:
         self._advert = advert
         if self._aiozc is not None and self._info is not None and self._registered:
             self._info = self._service_info(self._info.parsed_addresses())
-            await self._announce(self._aiozc.async_update_service(self._info))
+            await self._announce(await self._aiozc.async_update_service(self._info))
 
     # -- advertising --
 
@@ -657,7 +657,7 @@ class Discovery:
         if now - self._last_announce < REANNOUNCE_MIN_INTERVAL_S:
             return
         self._last_announce = now
-        await self._announce(self._aiozc.async_update_service(self._info))
+        await self._announce(await self._aiozc.async_update_service(self._info))
 
     # -- browsing --
 

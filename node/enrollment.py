@@ -147,8 +147,9 @@ async def apply_document(store: Store, data_dir: Path, body: bytes) -> Applied:
         return Applied("revocation", new.version, f"revocation list v{new.version}: {revoked}")
     from federation.policy import read_bundle
 
-    authority_key = identity.load_authority_certificate(ca).public_key()
-    bundle = read_bundle(body, authority_key)  # type: ignore[arg-type]
+    authority = identity.load_authority_certificate(ca)
+    bundle = read_bundle(body, authority.public_key(),  # type: ignore[arg-type]
+                         federation=identity._common_name(authority.subject))
     held_doc = await get_doc(store, "policy")
     if held_doc is not None and bundle.version <= held_doc[0]:
         raise RollbackRefused(
