@@ -559,6 +559,15 @@ class Membership:
             self._contact_seeds(now, effects)
         return effects
 
+    def introduce(self, address: str, now: float) -> list[Effect]:
+        """One join push-pull to ``address`` (a candidate from discovery), leaving the seed
+        list alone: if it answers, it becomes a member like any other."""
+        if not self._started:
+            self._start(now)
+        if not address or address == self._self.address:
+            return []
+        return [Send(address, self._table(join=True, reply=False), reliable=True)]
+
     def leave(self, now: float) -> list[Effect]:
         """Leave gracefully: others mark us *left* (not dead). Keep calling :meth:`tick`
         until :meth:`leave_complete` so the news spreads, then stop."""

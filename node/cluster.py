@@ -195,6 +195,12 @@ class Cluster(asyncio.DatagramProtocol):
             return
         self._apply(self.sync.put(make_checkpoint_item(self.deps.node_id, size, note, proofs), now))
 
+    def contact(self, address: str) -> None:
+        """A candidate peer (from mDNS): join through it unless it is already a member."""
+        if any(m.address == address for m in self.membership.members()):
+            return
+        self._apply(self.membership.introduce(address, time.monotonic()))
+
     def put_document(self, kind: str, version: int, body: bytes) -> None:
         """Spread a policy bundle or revocation list applied on this node."""
         item = (make_policy_item(body, version) if kind == "policy"

@@ -155,10 +155,6 @@ class FederationSection:
     across sites) or `local` (loopback and tests). Faster detects failures sooner and sends
     more packets."""
 
-    mdns: bool = True
-    """Advertise and browse `_outpost._tcp.local.` on the LAN so peers find each other with no
-    seeds. Turn off where multicast is not allowed."""
-
     advert_interval_s: float = 10.0
     """How often this node republishes its capability advert (models, load). Shorter = fresher
     placement data, more gossip traffic."""
@@ -180,6 +176,31 @@ class FederationSection:
 
 
 @dataclass(frozen=True)
+class DiscoverySection:
+    """Finding peers on the local network by mDNS/DNS-SD (`_outpost._tcp.local.`)."""
+
+    mdns: bool = True
+    """Advertise and browse on the LAN so enrolled peers find each other with no seeds. Turn
+    off where multicast is not allowed; seeds still work."""
+
+    interfaces: list[str] = field(default_factory=list)
+    """IP addresses of the interfaces to use for mDNS; empty = all."""
+
+    record_ttl_s: int = 120
+    """Lifetime of our mDNS records. Shorter notices vanished peers sooner at the cost of more
+    multicast traffic (SWIM detects failures much faster anyway)."""
+
+    confirm_interval_s: float = 5.0
+    """How often a discovered peer is re-confirmed over mDNS."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.record_ttl_s <= 4500:
+            raise ConfigError("discovery.record_ttl_s must be between 1 and 4500")
+        if not 0.1 <= self.confirm_interval_s <= 600:
+            raise ConfigError("discovery.confirm_interval_s must be between 0.1 and 600")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node configuration, as stored in ``outpost.toml``."""
 
@@ -188,6 +209,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     audit: AuditSection = field(default_factory=AuditSection)
     federation: FederationSection = field(default_factory=FederationSection)
+    discovery: DiscoverySection = field(default_factory=DiscoverySection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -201,6 +223,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "runtime": RuntimeConfig,
     "audit": AuditSection,
     "federation": FederationSection,
+    "discovery": DiscoverySection,
 }
 
 

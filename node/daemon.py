@@ -156,6 +156,7 @@ class Daemon:
     credentials: PeerCredentials | None = None
     peer_app: PeerApp | None = None
     cluster: Cluster | None = None
+    discovery: Any = None
     policy_version: int | None = None
     gpus: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -228,6 +229,8 @@ class Daemon:
     async def stop(self) -> None:
         """Drain and shut down every component, in reverse order of startup."""
         self.app_state.ready = False
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await asyncio.gather(*(s.shutdown() for s in self.servers))

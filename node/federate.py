@@ -116,9 +116,43 @@ async def start_federation(daemon: Daemon, key: Any) -> Cluster:
         policy[1] if policy else None, policy[0] if policy else None,
         crl[1] if crl else None, crl[0] if crl else None,
     )
+    if config.discovery.mdns:
+        await _start_mdns(daemon, cluster, address)
     log.info("federation %s: node %s gossiping as %s (seeds: %s)", daemon.identity.federation,
              daemon.node_id, address, ", ".join(config.federation.seeds) or "none")
     return cluster
+
+
+async def _start_mdns(daemon: Daemon, cluster: Cluster, address: str) -> None:
+    """Advertise on the LAN and propose every discovered node to membership. Discovery only
+    proposes: the TLS handshake of the first exchange proves who answers."""
+    from node.discovery import Advert, Candidate, Discovery, DiscoveryError
+
+    assert daemon.identity is not None
+    port = int(address.rpartition(":")[2])
+    settings = daemon.config.discovery
+
+    federation = daemon.identity.federation
+
+    def found(candidate: Candidate) -> None:
+        if candidate.node_id == daemon.node_id or candidate.federation not in ("", federation):
+            return
+        for ip in candidate.addresses[:1]:
+            cluster.contact(f"{ip}:{candidate.peer_port}")
+
+    discovery = Discovery(
+        Advert(daemon.node_id, port, port, tier=daemon.identity.tier,
+               fingerprint=daemon.identity.fingerprint, federation=daemon.identity.federation),
+        on_found=found, on_lost=lambda node_id: None,
+        interfaces=list(settings.interfaces) or None, record_ttl_s=settings.record_ttl_s,
+        confirm_interval_s=settings.confirm_interval_s,
+    )
+    try:
+        await discovery.start()
+    except DiscoveryError as exc:
+        log.warning("mDNS discovery off: %s", exc)
+        return
+    daemon.discovery = discovery
 
 
 async def _persist_document(daemon: Daemon, kind: str, version: int, body: bytes,

@@ -452,3 +452,21 @@ def test_push_pull_table_fits_the_stream_limit_keeping_live_members_first() -> N
     rows = reply.msg.members
     assert rows[0].node_id == "me"
     assert sum(r.status is ALIVE for r in rows) == 4500 + 1  # every live member, and us
+
+
+def test_introduce_sends_one_join_push_pull_and_keeps_the_seeds() -> None:
+    import random
+
+    from federation.config import MembershipConfig
+    from federation.membership import Membership
+    from federation.messages import MemberPushPull, Send
+
+    ms = Membership("a", "10.0.0.1:1", MembershipConfig.local(), random.Random(1))
+    ms.join(["10.0.0.9:1"], 0.0)
+    effects = ms.introduce("10.0.0.2:1", 0.1)
+    assert len(effects) == 1
+    send = effects[0]
+    assert isinstance(send, Send) and send.reliable and send.to == "10.0.0.2:1"
+    assert isinstance(send.msg, MemberPushPull) and send.msg.join
+    assert ms.introduce("10.0.0.1:1", 0.2) == []  # never ourselves
+    assert ms._seeds == ["10.0.0.9:1"]

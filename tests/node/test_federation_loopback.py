@@ -38,8 +38,9 @@ def free_port() -> int:
 def configure(data_dir: Path, **federation: Any) -> None:
     path = data_dir / "outpost.toml"
     raw = tomllib.loads(path.read_text())
-    raw["federation"].update({"preset": "local", "mdns": False, "advert_interval_s": 1.0,
+    raw["federation"].update({"preset": "local", "advert_interval_s": 1.0,
                               "checkpoint_interval_s": 1.0, **federation})
+    raw["discovery"] = {"mdns": False}
     path.write_text(tomli_w.dumps(raw))
 
 
