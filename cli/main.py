@@ -460,6 +460,29 @@ def policy_apply(data_dir: Path, bundle: Path) -> None:
     click.echo(f"applied {result['summary']}")
 
 
+@policy.command("explain")
+@data_dir_option
+@click.option("--data-class", required=True, help="Data class of the request, e.g. personal.")
+@click.option("--jurisdiction", help="The data's jurisdiction (default: this node's).")
+@click.option("--to", "target", required=True, help="Target node id.")
+@click.option("--model", default="*", show_default=True, help="Model the request is for.")
+@json_option
+def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str,
+                   model: str, as_json: bool) -> None:
+    """Would this node forward such data to TARGET? The decision and the policies behind it."""
+    from node.ops_federation import policy_explain as explain
+
+    with out.errors():
+        result = explain(data_dir, data_class, jurisdiction, target, model)
+    if as_json:
+        out.print_json(result)
+    else:
+        t = result["target"]
+        click.echo(f"forward {data_class} data ({result['data']['jurisdiction']}) to "
+                   f"{t['node_id']} (tier {t['tier']}, site {t['site']}, {t['jurisdiction']}):")
+        click.echo(result["text"])
+
+
 @policy.command("show")
 @data_dir_option
 @json_option

@@ -16,21 +16,12 @@ none and its aio client sends octet-stream); JSON vs binary is decided by
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import (
-    CodecError,
-    InferenceFailed,
-    ModelUnavailable,
-    Overloaded,
-    decode_infer_request,
-    encode_infer_response,
-)
+from node.forward import Call, Router
 from node.http import (
     JSON_TYPE,
     HTTPError,
@@ -56,39 +47,23 @@ _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 
 
 @dataclass
-class InferRecord:
-    """What the audit log needs to know about one served inference (metadata, never tensors)."""
-
-    model: str
-    version: str
-    caller: str
-    data_class: str
-    outcome: str
-    input_sha256: str
-    status: int
-
-
-AuditServed = Callable[[InferRecord], Awaitable[None]]
-
-
-@dataclass
 class AppState:
     node_id: str
     server_version: str
     max_body_bytes: int
     default_data_class: str
     ready: bool = False
-    on_served: AuditServed | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class OipApp:
     """The ASGI application served on ``node.listen``."""
 
-    def __init__(self, state: AppState, host: ModelHost, metrics: Metrics) -> None:
+    def __init__(self, state: AppState, host: ModelHost, metrics: Metrics, router: Router) -> None:
         self.state = state
         self.host = host
         self.metrics = metrics
+        self.router = router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,9 +144,6 @@ class OipApp:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        started = time.perf_counter()
-        served = self._resolve(name, version)
-        record = served.record
         if not self.state.ready:
             raise HTTPError(503, "node is not ready (starting or draining); retry shortly",
                             [(b"retry-after", b"1")])
@@ -183,70 +155,17 @@ class OipApp:
                 header_length = int(raw_len)
             except ValueError:
                 raise HTTPError(400, "Inference-Header-Content-Length is not an integer") from None
-        status = 200
-        outcome = "ok"
-        try:
-            request = decode_infer_request(body, header_length, record.signature)
-            outputs = await served.model.infer(request.inputs)
-            params = request.parameters
-            data_class = str(params.get("outpost.data_class") or self.state.default_data_class)
-            out_body, json_len = encode_infer_response(
-                model_name=record.name,
-                model_version=record.version,
-                request=request,
-                outputs=outputs,
-                parameters={"outpost.served_by": self.state.node_id, "outpost.route": "local"},
-            )
-        except CodecError as exc:
-            status, outcome = 400, "bad_request"
-            await self._audit(record, scope, body, "", outcome, status)
-            raise HTTPError(400, str(exc)) from None
-        except Overloaded as exc:
-            status = 503
-            self.metrics.requests.labels(record.name, record.version, "503").inc()
-            raise HTTPError(
-                503, str(exc), [(b"retry-after", str(max(1, round(exc.retry_after))).encode())]
-            ) from None
-        except ModelUnavailable as exc:
-            self.metrics.requests.labels(record.name, record.version, "503").inc()
-            raise HTTPError(503, str(exc), [(b"retry-after", b"1")]) from None
-        except InferenceFailed as exc:
-            await self._audit(record, scope, body, "", "error", 500)
-            self.metrics.requests.labels(record.name, record.version, "500").inc()
-            raise HTTPError(500, str(exc)) from None
-        await self._audit(record, scope, body, data_class, outcome, status)
-        if json_len is None:
+        client = scope.get("client")
+        answer = await self.router.infer(Call(
+            model=name, version=version, body=body, header_length=header_length,
+            caller=f"app@{client[0]}" if client else "app", hops=0,
+            request_id=uuid.uuid4().hex,
+        ))
+        if answer.header_length is None:
             headers = [JSON_TYPE]
         else:
-            headers = [_BINARY_TYPE, (_HDR_LEN, str(json_len).encode())]
-        await send_response(send, 200, out_body, headers)
-        self.metrics.requests.labels(record.name, record.version, "200").inc()
-        self.metrics.latency.labels(record.name, record.version).observe(time.perf_counter() - started)
-
-    async def _audit(
-        self, record: Any, scope: Scope, body: bytes, data_class: str, outcome: str, status: int
-    ) -> None:
-        if self.state.on_served is None:
-            return
-        client = scope.get("client")
-        entry = InferRecord(
-            model=record.name,
-            version=record.version,
-            caller=f"app@{client[0]}" if client else "app",
-            data_class=data_class or self.state.default_data_class,
-            outcome=outcome,
-            input_sha256=hashlib.sha256(body).hexdigest(),
-            status=status,
-        )
-        try:
-            await self.state.on_served(entry)
-        except Exception as exc:
-            # Fail closed: what cannot be recorded is not answered.
-            log.error("audit append failed: %s", exc)
-            raise HTTPError(
-                503, f"audit log unavailable ({exc}); the result was withheld, retry shortly",
-                [(b"retry-after", b"1")],
-            ) from None
+            headers = [_BINARY_TYPE, (_HDR_LEN, str(answer.header_length).encode())]
+        await send_response(send, 200, answer.body, headers)
 
 
 def _expect(method: str, wanted: str, path: str) -> None:

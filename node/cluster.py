@@ -52,6 +52,8 @@ from federation.membership import (
     Membership,
 )
 from federation.messages import Effect, Event, Item, ItemKind, Message, Send, decode, encode
+from federation.placement import Candidate
+from federation.policy_engine import NodeAttrs
 from federation.statesync import Conflict, ItemAccepted, StateSync
 from node.store import get_doc
 
@@ -119,6 +121,7 @@ class Cluster(asyncio.DatagramProtocol):
         self._next_advert = 0.0
         self._next_checkpoint = 0.0
         self._stopping = False
+        self._advert_seen: dict[str, float] = {}  # origin -> monotonic time its advert arrived
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -232,6 +235,7 @@ class Cluster(asyncio.DatagramProtocol):
         if isinstance(event, ItemAccepted):
             item = event.item
             if item.kind is ItemKind.CAPABILITY_ADVERT:
+                self._advert_seen[item.origin] = time.monotonic()
                 return
             if item.kind is ItemKind.POLICY_BUNDLE:
                 self.deps.on_document("policy", item.version, item.value, event.source)
@@ -415,6 +419,50 @@ class Cluster(asyncio.DatagramProtocol):
             "checkpoint_size": checkpoint.version if checkpoint else None,
             "equivocated": any(e.origin == member.node_id for e in self.equivocations),
         }
+
+    def address_of(self, node_id: str) -> str | None:
+        member = self.membership.member(node_id)
+        return member.address if member is not None else None
+
+    def candidates(self, now: float) -> list[Candidate]:
+        """Every other member with a verified advert, as placement sees it. A member whose
+        advert is missing, unverifiable or revoked is not a candidate at all."""
+        from federation.membership import MemberStatus
+
+        out: list[Candidate] = []
+        authority = self.deps.authority_pem
+        when = datetime.now(UTC)
+        for member in self.membership.members():
+            if member.node_id == self.deps.node_id:
+                continue
+            item = self.sync.get(member.node_id, ItemKind.CAPABILITY_ADVERT, "advert")
+            if item is None:
+                continue
+            try:
+                advert = read_advert(item, authority, when)
+            except FederationError:
+                continue
+            revocations = self.validator.revocations
+            if revocations is not None and revocations.is_revoked(advert.identity):
+                continue
+            body = advert.body
+            models: set[str] = set()
+            for m in body.get("models", []):
+                models.add(f"{m.get('name')}:{m.get('version')}")
+                models.add(str(m.get("name")))
+            tls = self.tls_peers.get(member.node_id)
+            out.append(Candidate(
+                node_id=member.node_id,
+                attrs=NodeAttrs(**advert.identity.attributes()),
+                alive=member.status is MemberStatus.ALIVE,
+                models=models,
+                rtt_s=tls.rtt_s if tls and tls.rtt_s is not None else 0.005,
+                queue_depth=int(body.get("queue", 0)),
+                gpu=bool(body.get("gpus", 0)),
+                record_age_s=now - self._advert_seen.get(member.node_id, now),
+                service_time_s=body.get("service_time_s"),
+            ))
+        return out
 
     def policy_item(self) -> Item | None:
         return self.sync.get(AUTHORITY_ORIGIN, ItemKind.POLICY_BUNDLE, POLICY_KEY)

@@ -201,6 +201,56 @@ class DiscoverySection:
 
 
 @dataclass(frozen=True)
+class PlacementSection:
+    """Where requests run when this node cannot or should not (DESIGN §6 placement)."""
+
+    local_queue_limit: int = 8
+    """Serve here while fewer requests than this wait for the model. Higher keeps data local
+    at the cost of tail latency; lower sheds to allowed peers sooner."""
+
+    local_latency_limit_s: float = 0.25
+    """Serve here while the measured local latency is at most this (seconds)."""
+
+    tier_weights: dict[str, float] = field(
+        default_factory=lambda: {"edge": 1.0, "onprem": 1.0, "cloud": 1.25})
+    """Multiplier on a peer's expected latency per tier: above 1 prefers other tiers (cloud
+    costs egress and money)."""
+
+    gpu_bonus: float = 0.5
+    """Fraction taken off the expected service time of a peer with a GPU."""
+
+    max_record_age_s: float = 30.0
+    """A peer whose capability advert is older than this is stale and never chosen."""
+
+    max_hops: int = 1
+    """How many times a request may be forwarded. 1: a forwarded request runs where it lands."""
+
+    forward_timeout_s: float = 10.0
+    """How long a forwarded request may take before the next peer is tried."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.local_queue_limit <= 100_000:
+            raise ConfigError("placement.local_queue_limit must be between 1 and 100000")
+        if not 0.1 <= self.forward_timeout_s <= 600:
+            raise ConfigError("placement.forward_timeout_s must be between 0.1 and 600")
+        if not 0 <= self.max_hops <= 8:
+            raise ConfigError("placement.max_hops must be between 0 and 8")
+
+    def core(self) -> Any:
+        from federation.placement import PlacementConfig
+
+        try:
+            return PlacementConfig(
+                local_queue_limit=self.local_queue_limit,
+                local_latency_limit_s=self.local_latency_limit_s,
+                tier_weights=dict(self.tier_weights), gpu_bonus=self.gpu_bonus,
+                max_record_age_s=self.max_record_age_s, max_hops=self.max_hops,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[placement] {exc}") from exc
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node configuration, as stored in ``outpost.toml``."""
 
@@ -210,6 +260,7 @@ class Config:
     audit: AuditSection = field(default_factory=AuditSection)
     federation: FederationSection = field(default_factory=FederationSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
+    placement: PlacementSection = field(default_factory=PlacementSection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -224,6 +275,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "audit": AuditSection,
     "federation": FederationSection,
     "discovery": DiscoverySection,
+    "placement": PlacementSection,
 }
 
 
@@ -270,8 +322,16 @@ def render(config: Config) -> str:
             doc = field_docs(section_type).get(f.name, "")
             for line in _wrap(doc):
                 out.append(f"# {line}\n")
-            out.append(tomli_w.dumps({f.name: getattr(section, f.name)}))
+            out.append(f"{f.name} = {_toml_value(getattr(section, f.name))}\n")
     return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    """One TOML value; tables inline, so every key stays under its own section header."""
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
 
 
 def save(data_dir: Path, config: Config) -> Path:

@@ -30,10 +30,11 @@ import uvicorn
 
 from federation.errors import FederationError
 from federation.identity import NodeIdentity
+from federation.policy_engine import PolicyEngine
 from models import OrtBackend
 from node import control
 from node.admin import AdminApp, audit_query
-from node.app import AppState, InferRecord, OipApp
+from node.app import AppState, OipApp
 from node.audit import AuditError, AuditLog, AuditReader
 from node.cluster import Cluster
 from node.config import Config, parse_hostport
@@ -43,9 +44,11 @@ from node.enrollment import (
     EnrollmentError,
     apply_document,
     load_identity,
+    policy_bundle,
     revocations,
 )
-from node.federate import peer_routes, peers_view, start_federation
+from node.federate import explain, peer_routes, peers_view, start_federation
+from node.forward import Router
 from node.http import HTTPError, Receive, Scope, Send, send_json
 from node.keys import NodeKeyError, key_path, load_key
 from node.metrics import Metrics
@@ -158,6 +161,8 @@ class Daemon:
     cluster: Cluster | None = None
     discovery: Any = None
     policy_version: int | None = None
+    engine: PolicyEngine = field(default_factory=PolicyEngine)
+    router: Router | None = None
     gpus: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -205,6 +210,19 @@ class Daemon:
             "capabilities": probe(self.data_dir),
         }
 
+    def use_policy(self, version: int) -> None:
+        """Put the stored policy bundle of ``version`` in force for decisions."""
+        self.policy_version = version
+        self.spawn(self._load_policy())
+
+    async def _load_policy(self) -> None:
+        held = await get_doc(self.store, "policy")
+        if held is None:
+            return
+        bundle = policy_bundle(held[1], self.data_dir)
+        if self.engine.bundle is None or bundle.version > self.engine.bundle.version:
+            self.engine.apply(bundle)
+
     async def apply(self, body: bytes) -> dict[str, Any]:
         """Apply an authority-signed document (revocation list, policy bundle) live."""
         try:
@@ -218,8 +236,10 @@ class Daemon:
                 self.credentials.update_revocations(held)
                 if self.cluster is not None:
                     self.cluster.update_revocations(held)
+                if self.router is not None:
+                    await self.router.reset_client()
         if applied.kind == "policy":
-            self.policy_version = applied.version
+            self.use_policy(applied.version)
         if self.cluster is not None:
             doc = await get_doc(self.store, applied.kind)
             if doc is not None:
@@ -238,6 +258,8 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.router is not None:
+            await self.router.close()
         await self.host.close()
         await self.audit.append(self.audit.record("node.stop", caller="daemon"))
         await self.audit.close()
@@ -268,16 +290,6 @@ def _peer_app(daemon: Daemon) -> PeerApp:
     app.route("GET", "/peer/v1/audit", audit_view)
     app.route("GET", "/peer/v1/hello", hello)
     return app
-
-
-def _audit_served(audit: AuditLog) -> Callable[[InferRecord], Awaitable[None]]:
-    async def on_served(rec: InferRecord) -> None:
-        await audit.append(audit.record(
-            "infer", model=rec.model, version=rec.version, caller=rec.caller,
-            data_class=rec.data_class, outcome=rec.outcome, input_sha256=rec.input_sha256,
-        ))
-
-    return on_served
 
 
 async def _tick(audit: AuditLog) -> None:
@@ -332,7 +344,6 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             server_version=server_version(),
             max_body_bytes=config.node.max_body_bytes,
             default_data_class=config.node.default_data_class,
-            on_served=_audit_served(audit),
         )
         app_sock = bind_tcp(config.node.listen, key="node.listen")
         admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
@@ -346,14 +357,24 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         daemon.admin = admin
         held_policy = await get_doc(store, "policy")
         daemon.policy_version = held_policy[0] if held_policy else None
+        if held_policy is not None and ident is not None:
+            daemon.engine.apply(policy_bundle(held_policy[1], data_dir))
         daemon.gpus = len(probe_gpus())
 
         async def peers(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
             return 200, await peers_view(daemon)
 
         admin.route("GET", "/peers", peers)
+
+        async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
+            return 200, await explain(daemon, payload["data_class"], payload.get("jurisdiction"),
+                                      payload["to"], payload.get("model", "*"))
+
+        admin.route("GET", "/policy/explain", explain_route)
         drain = config.node.drain_timeout_s
-        daemon.servers.append(await _start_server(OipApp(app_state, host, metrics), app_sock, drain))
+        daemon.router = Router(daemon, config.placement.core(), config.placement.forward_timeout_s)
+        daemon.servers.append(await _start_server(
+            OipApp(app_state, host, metrics, daemon.router), app_sock, drain))
         daemon.servers.append(await _start_server(admin, admin_sock, drain))
         if ident is not None:
             daemon.credentials = PeerCredentials(

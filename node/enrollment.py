@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -118,6 +119,18 @@ class Applied:
 
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "version": self.version, "summary": self.summary}
+
+
+def policy_bundle(body: bytes, data_dir: Path) -> Any:
+    """Verify a stored policy bundle against this node's authority (a ``PolicyBundle``)."""
+    from federation.policy import read_bundle
+
+    ca = authority_pem(data_dir)
+    if ca is None:
+        raise EnrollmentError("not enrolled: no authority certificate to check policy against")
+    authority = identity.load_authority_certificate(ca)
+    return read_bundle(body, authority.public_key(),  # type: ignore[arg-type]
+                       federation=identity._common_name(authority.subject))
 
 
 async def revocations(store: Store, data_dir: Path) -> RevocationList | None:

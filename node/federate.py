@@ -6,6 +6,7 @@ sockets in ``node.cluster``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -13,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 from federation.audit import EquivocationEvidence
 from federation.config import ClusterConfig
 from federation.identity import NodeIdentity, read_revocation_list
+from federation.policy_engine import DataAttrs, NodeAttrs
 from node.audit import AuditReader
 from node.cluster import Cluster, ClusterDeps, held_documents
 from node.enrollment import revocations
-from node.http import HTTPError, Receive, Scope, Send, read_body, send_response
+from node.forward import Call, peek_parameters
+from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_response
 from node.store import get_doc, put_doc
 
 if TYPE_CHECKING:
@@ -166,7 +169,9 @@ async def _persist_document(daemon: Daemon, kind: str, version: int, body: bytes
         daemon.credentials.update_revocations(
             read_revocation_list(body, daemon.credentials.authority_pem))
     if kind == "policy":
-        daemon.policy_version = version
+        daemon.use_policy(version)
+    if kind == "revocation" and daemon.router is not None:
+        await daemon.router.reset_client()
     fields: dict[str, Any] = {"caller": f"gossip:{source}" if source else "gossip",
                               "reason": f"{kind} v{version} received by gossip"}
     if kind == "policy":
@@ -193,7 +198,85 @@ def peer_routes(daemon: Daemon) -> None:
             raise HTTPError(400, error)
         await send_response(send, 204, b"", [])
 
+    async def infer(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
+                    rest: str) -> None:
+        """A request forwarded by ``peer``: re-check ``infer`` here (fail closed), then run it
+        on the one path every request takes."""
+        parts = rest.split("/")
+        model, version = parts[0], None
+        if len(parts) == 3 and parts[1] == "versions":
+            version = parts[2]
+        elif len(parts) != 1 or not model:
+            raise HTTPError(404, f"no peer infer endpoint {rest!r}")
+        body = await read_body(scope, receive, daemon.config.node.max_body_bytes)
+        raw_len = header(scope, b"inference-header-content-length")
+        try:
+            header_length = int(raw_len) if raw_len is not None else None
+            hops = int(header(scope, b"outpost-hops") or b"1")
+        except ValueError:
+            raise HTTPError(400, "bad Inference-Header-Content-Length or Outpost-Hops") from None
+        request_id = (header(scope, b"outpost-request-id") or b"").decode()[:64] or "forwarded"
+        router, me = daemon.router, daemon.router.self_attrs if daemon.router else None
+        if router is None or me is None:
+            raise HTTPError(503, "this node is not ready to take forwarded requests")
+        call = Call(model=model, version=version, body=body, header_length=header_length,
+                    caller=NodeAttrs(**peer.attributes()), hops=max(1, hops),
+                    request_id=request_id)
+        data = router.data_of(call, peek_parameters(body, header_length))
+        decision = daemon.engine.decide_infer(call.caller, data, me, call.hops)
+        if not decision.allowed:
+            reason = "; ".join(decision.reasons) or "denied"
+            await daemon.audit.append(daemon.audit.record(
+                "infer", model=model, version=version, caller=call.caller_name,
+                data_class=data.data_class, outcome="denied", reason=reason[:1000],
+                policy_version=decision.policy_version,
+                input_sha256=hashlib.sha256(body).hexdigest(),
+                detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
+                        "request": request_id},
+            ))
+            raise HTTPError(403, f"{daemon.node_id} refuses {data.describe()} from "
+                                 f"{peer.node_id}: {reason}")
+        answer = await router.infer(call)
+        headers = [(b"content-type", b"application/json")]
+        if answer.header_length is not None:
+            headers = [(b"content-type", b"application/octet-stream"),
+                       (b"inference-header-content-length", str(answer.header_length).encode())]
+        await send_response(send, 200, answer.body, headers)
+
     daemon.peer_app.route("POST", "/peer/v1/gossip", gossip)
+    daemon.peer_app.route("POST", "/peer/v1/infer", infer)
+
+
+async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
+                  target: str, model: str) -> dict[str, Any]:
+    """``outpost policy explain``: the forward decision for this data to ``target``."""
+    if daemon.identity is None or daemon.cluster is None:
+        raise HTTPError(400, "this node is not enrolled; there is nothing to forward to")
+    me = NodeAttrs(**daemon.identity.attributes())
+    attrs = None
+    if target == daemon.node_id:
+        attrs = me
+    else:
+        for c in daemon.cluster.candidates(0.0):
+            if c.node_id == target:
+                attrs = c.attrs
+    if attrs is None:
+        raise HTTPError(404, f"no verified capability advert of {target!r} yet; `outpost peers` "
+                             "lists the nodes this one knows")
+    data = DataAttrs("explain", data_class, jurisdiction or me.jurisdiction, model)
+    decision = daemon.engine.decide_forward(me, data, attrs, 0)
+    explanation = daemon.engine.explain(decision)
+    return {
+        "allowed": decision.allowed,
+        "policy_version": decision.policy_version,
+        "policies": list(decision.policy_ids),
+        "reasons": list(decision.reasons),
+        "errors": list(decision.errors),
+        "target": {"node_id": attrs.node_id, "tier": attrs.tier, "site": attrs.site,
+                   "jurisdiction": attrs.jurisdiction, "labels": dict(attrs.labels)},
+        "data": {"data_class": data_class, "jurisdiction": data.jurisdiction, "model": model},
+        "text": explanation.render(),
+    }
 
 
 async def peers_view(daemon: Daemon) -> list[dict[str, Any]]:

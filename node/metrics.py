@@ -60,6 +60,14 @@ class Metrics:
             "oversized, malformed, unknown_sender, revoked, ...)",
             ["reason"], registry=self.registry,
         )
+        self.forwards = Counter(
+            "outpost_forwards", "Requests forwarded to peers, by target and outcome",
+            ["target", "outcome"], registry=self.registry,
+        )
+        self.placements = Counter(
+            "outpost_placements", "Where requests were sent and why (route: local, forwarded, "
+            "denied, unavailable)", ["route"], registry=self.registry,
+        )
         self.registry.register(_QueueCollector(queue_depths))
 
     def observe_batch(self, name: str, version: str, size: int, seconds: float) -> None:

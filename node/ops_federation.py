@@ -189,6 +189,24 @@ def peers(data_dir: Path) -> list[dict[str, Any]]:
         return rows
 
 
+def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str,
+                   model: str) -> dict[str, Any]:
+    client = connect(data_dir)
+    if client is None:
+        raise EnrollmentError(
+            f"no daemon is running on {data_dir}; explain needs the target's attested "
+            "attributes, which the running node learns from its peers"
+        )
+    from urllib.parse import urlencode
+
+    query = {"data_class": data_class, "to": target, "model": model}
+    if jurisdiction:
+        query["jurisdiction"] = jurisdiction
+    with client:
+        result: dict[str, Any] = client.request("GET", "/policy/explain?" + urlencode(query))
+        return result
+
+
 # -- node side -------------------------------------------------------------------------------
 
 

@@ -82,6 +82,15 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE federation_doc (kind TEXT PRIMARY KEY, version INTEGER NOT NULL,"
         " body BLOB NOT NULL, applied REAL NOT NULL)",
     ],
+    # 4: other nodes' logs held as replicas (sync bundles; node/sync.py): their entries byte for
+    # byte, leaves [0, size) with no holes, and the newest checkpoint that verified them with the
+    # certificate of the key that signed it, so the replica can be verified and exported again
+    [
+        "CREATE TABLE replica_entry (origin TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " entry BLOB NOT NULL, PRIMARY KEY (origin, seq))",
+        "CREATE TABLE replica_head (origin TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+        " note TEXT NOT NULL, cert BLOB NOT NULL)",
+    ],
 ]
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
