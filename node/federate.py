@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from federation.audit import EquivocationEvidence
@@ -257,7 +258,7 @@ async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
     if target == daemon.node_id:
         attrs = me
     else:
-        for c in daemon.cluster.candidates(0.0):
+        for c in daemon.cluster.candidates(time.monotonic()):
             if c.node_id == target:
                 attrs = c.attrs
     if attrs is None:

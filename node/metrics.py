@@ -68,6 +68,10 @@ class Metrics:
             "outpost_placements", "Where requests were sent and why (route: local, forwarded, "
             "denied, unavailable)", ["route"], registry=self.registry,
         )
+        self.peer_requests = Counter(
+            "outpost_peer_requests", "Requests received on the peer endpoint, by route",
+            ["route"], registry=self.registry,
+        )
         self.registry.register(_QueueCollector(queue_depths))
 
     def observe_batch(self, name: str, version: str, size: int, seconds: float) -> None:

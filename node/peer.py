@@ -101,8 +101,9 @@ def protocol_class(credentials: PeerCredentials) -> type[asyncio.Protocol]:
 class PeerApp:
     """ASGI app of the peer endpoint: prefix routes, each handler gets the caller's identity."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_request: Callable[[str], None] | None = None) -> None:
         self.routes: list[tuple[str, str, PeerHandler]] = []
+        self.on_request = on_request
 
     def route(self, method: str, prefix: str, handler: PeerHandler) -> None:
         self.routes.append((method, prefix, handler))
@@ -117,6 +118,8 @@ class PeerApp:
             path, method = scope["path"], scope["method"]
             for m, prefix, handler in self.routes:
                 if m == method and (path == prefix or path.startswith(prefix + "/")):
+                    if self.on_request is not None:
+                        self.on_request(prefix.rsplit("/", 1)[-1])
                     await handler(scope, receive, send, peer, path[len(prefix):].lstrip("/"))
                     return
             raise HTTPError(404, f"no peer endpoint {method} {path}")
