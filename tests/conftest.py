@@ -129,9 +129,20 @@ def daemon(node_dir: Path) -> Iterator[DaemonProc]:
     proc.stop()
 
 
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[Fed]:
+    """An empty federation (authority in tmp_path/ca); add nodes, start them; all stopped after."""
+    federation = Fed(tmp_path)
+    yield federation
+    federation.stop_all()
+
+
 @pytest.fixture(scope="session")
 def sample_digits() -> dict[str, object]:
     return json.loads((ROOT / "models" / "sample" / "digits.json").read_text())
+
+
+from tests.fedharness import Fed  # noqa: E402  (after the helpers it imports)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, outpost
-from tests.node.test_federation_loopback import Fed, eventually, fed, peers, status  # noqa: F401
+from tests.fedharness import Fed, eventually, peers, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
