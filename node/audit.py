@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from federation.audit import AuditEntry, VerifyReport, log_origin, verify_log
 from federation.merkle import (
@@ -42,6 +44,8 @@ from node.store import Store
 
 log = logging.getLogger("outpost.audit")
 
+T = TypeVar("T")
+
 class AuditError(RuntimeError):
     """The audit log cannot append or answer; the message names the fix."""
 
@@ -59,7 +63,12 @@ class _Pending:
 
 
 class AuditLog:
-    """One node's log. Create with :meth:`open`; close with :meth:`close`."""
+    """One node's log. Create with :meth:`open`; close with :meth:`close`.
+
+    Appends queue on the event loop; one writer thread with its own SQLite connection takes
+    them in groups and does everything else off the loop — leaf hashes, Merkle nodes, the
+    signed head, the transaction and its fsync — then the loop answers the callers.
+    """
 
     def __init__(self, store: Store, signer: Signer, config: AuditSection,
                  verifiers: list[Verifier], cr: CompactRange, head: str | None,
@@ -76,6 +85,8 @@ class AuditLog:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self._db: sqlite3.Connection | None = None
         self._closed = False
         self.appended = 0  # entries committed by this process (for metrics)
         self.commits = 0
@@ -106,8 +117,18 @@ class AuditLog:
             last = await cur.fetchone()
         audit = cls(store, signer, config, verifiers, cr, head,
                     int(last[0]) if last and last[0] is not None else 0)
+        await audit._run(audit._connect)
         audit._writer = asyncio.create_task(audit._write_loop(), name="audit-writer")
         return audit
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._db = db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def close(self) -> None:
         """Commit everything pending, retain a final checkpoint, stop the writer."""
@@ -118,7 +139,10 @@ class AuditLog:
         if self._writer is not None:
             await self._writer
         if self._cr.size > self._last_retained_size and self._head is not None:
-            await self._retain(self._cr.size, self._head)
+            await self._run(self._retain_sync, self._cr.size, self._head)
+        if self._db is not None:
+            await self._run(self._db.close)
+        self._thread.shutdown(wait=True)
 
     @property
     def origin(self) -> str:
@@ -154,7 +178,7 @@ class AuditLog:
                 batch = self._pending[: self.config.max_group]
                 del self._pending[: len(batch)]
                 try:
-                    await self._commit(batch)
+                    first = await self._run(self._commit_sync, [p.entry for p in batch])
                 except BaseException as exc:
                     log.exception("audit commit of %d entries failed", len(batch))
                     for p in batch:
@@ -165,48 +189,51 @@ class AuditLog:
                             ))
                     if isinstance(exc, asyncio.CancelledError):
                         raise
+                    continue
+                self.appended += len(batch)
+                self.commits += 1
+                for i, p in enumerate(batch):
+                    if not p.future.done():
+                        p.future.set_result(first + i)
             if self._closed and not self._pending:
                 return
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    def _commit_sync(self, entries: list[bytes]) -> int:
+        """On the writer thread: one transaction holding the entries, their Merkle nodes and
+        a newly signed head; the shared state changes only after COMMIT returned."""
+        assert self._db is not None
         cr = self._cr.copy()
         first = cr.size
         nodes: list[tuple[int, bytes]] = []
-        for p in batch:
-            nodes.extend((n.key, n.hash) for n in cr.append(leaf_hash(p.entry)))
+        for entry in entries:
+            nodes.extend((n.key, n.hash) for n in cr.append(leaf_hash(entry)))
         head = Checkpoint(self.origin, cr.size, cr.root()).sign([self.signer])
-        conn = self.store.conn
-        await conn.execute("BEGIN IMMEDIATE")
+        retain = self._due(cr.size)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            await conn.executemany(
-                "INSERT INTO audit_entry(seq, entry) VALUES(?, ?)",
-                [(first + i, p.entry) for i, p in enumerate(batch)],
-            )
-            await conn.executemany("INSERT INTO audit_node(id, hash) VALUES(?, ?)", nodes)
-            await conn.execute(
+            db.executemany("INSERT INTO audit_entry(seq, entry) VALUES(?, ?)",
+                           [(first + i, e) for i, e in enumerate(entries)])
+            db.executemany("INSERT INTO audit_node(id, hash) VALUES(?, ?)", nodes)
+            db.execute(
                 "INSERT INTO audit_head(id, size, note) VALUES(0, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET size=excluded.size, note=excluded.note",
                 (cr.size, head),
             )
-            retain = self._due(cr.size)
             if retain:
-                await conn.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO audit_checkpoint(size, note, created) VALUES(?,?,?)",
                     (cr.size, head, self._clock()),
                 )
-            await conn.execute("COMMIT")
+            db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             raise
         self._cr, self._head = cr, head
         if retain:
             self._last_retained_size, self._last_retained_at = cr.size, self._clock()
-        self.appended += len(batch)
-        self.commits += 1
-        for i, p in enumerate(batch):
-            if not p.future.done():
-                p.future.set_result(first + i)
+        return first
 
     def _due(self, size: int) -> bool:
         grown = size - self._last_retained_size
@@ -215,8 +242,9 @@ class AuditLog:
         return (grown >= self.config.checkpoint_every_entries
                 or self._clock() - self._last_retained_at >= self.config.checkpoint_every_s)
 
-    async def _retain(self, size: int, note: str) -> None:
-        await self.store.conn.execute(
+    def _retain_sync(self, size: int, note: str) -> None:
+        assert self._db is not None
+        self._db.execute(
             "INSERT OR REPLACE INTO audit_checkpoint(size, note, created) VALUES(?, ?, ?)",
             (size, note, self._clock()),
         )
@@ -224,8 +252,8 @@ class AuditLog:
 
     async def tick(self) -> None:
         """Retain a checkpoint when ``checkpoint_every_s`` passed with growth (timer-driven)."""
-        if self._head is not None and self._due(self._cr.size):
-            await self._retain(self._cr.size, self._head)
+        if self._head is not None and not self._closed and self._due(self._cr.size):
+            await self._run(self._retain_sync, self._cr.size, self._head)
 
     # -- reading -----------------------------------------------------------------------------
 
