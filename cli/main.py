@@ -82,11 +82,21 @@ def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: 
         changes = {k: v for k, v in (("listen", listen), ("peer_listen", peer_listen)) if v}
         if changes:
             config = config.replace("node", **changes)
-        code = asyncio.run(run_daemon(data_dir, config))
+        code = _event_loop_runner()(run_daemon(data_dir, config))
     except (StartupError, ConfigError) as exc:
         click.echo(f"outpost: cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP_FAILURE)
     sys.exit(code)
+
+
+def _event_loop_runner() -> Callable[..., int]:
+    """uvloop where it is installed (its C transports roughly halve the per-request cost of
+    the event loop), the standard loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 @main.command()
