@@ -140,6 +140,39 @@ def models_add(data_dir: Path, path: Path, name: str, version: str | None, as_js
         click.echo(f"added {record['name']}:{record['version']} (sha256 {record['sha256'][:16]}…)")
 
 
+@models.command("pull")
+@data_dir_option
+@click.argument("ref")
+@click.option("--from", "from_node", help="Node id to pull from (default: the closest holder).")
+@json_option
+def models_pull(data_dir: Path, ref: str, from_node: str | None, as_json: bool) -> None:
+    """Fetch NAME[:VERSION] from a peer (if policy allows model.pull), verified by SHA-256;
+    an interrupted transfer resumes when run again."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from node.ops import models_pull as pull
+    from node.pull import PullError
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=out.console, disable=as_json,
+                  transient=True) as bar:
+        task = bar.add_task(f"pull {ref}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with out.errors():
+            try:
+                record = pull(data_dir, ref, from_node, progress)
+            except PullError as exc:
+                raise out.CliError(str(exc)) from None
+    if as_json:
+        out.print_json(record)
+    else:
+        click.echo(f"pulled {record['name']}:{record['version']} from {record['source']} "
+                   f"(sha256 {record['sha256'][:16]}… verified)")
+
+
 @models.command("list")
 @data_dir_option
 @json_option
@@ -512,6 +545,14 @@ def policy_show(data_dir: Path, as_json: bool) -> None:
                    f"{held['issued_at']} (digest {held['digest'][:16]}…)\n")
         click.echo(held["policies"])
 
+
+def _register_groups() -> None:
+    from cli.bundle import bundle
+
+    main.add_command(bundle)
+
+
+_register_groups()
 
 if __name__ == "__main__":
     main()

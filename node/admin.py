@@ -72,7 +72,8 @@ class AdminApp:
             await send_json(send, 200, [r.to_json() for r in await self.host.list()])
         elif path == "/models" and method == "POST":
             record = await self.host.add(
-                Path(payload["path"]), payload["name"], payload.get("version")
+                Path(payload["path"]), payload["name"], payload.get("version"),
+                pulled_from=payload.get("pulled_from"),
             )
             await send_json(send, 200, record.to_json())
         elif path.startswith("/models/") and method == "DELETE":

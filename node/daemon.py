@@ -32,7 +32,7 @@ from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from federation.policy_engine import PolicyEngine
 from models import OrtBackend
-from node import control
+from node import control, sync
 from node.admin import AdminApp, audit_query
 from node.app import AppState, OipApp
 from node.audit import AuditError, AuditLog, AuditReader
@@ -56,6 +56,7 @@ from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
 from node.peer import query as peer_query
 from node.probe import probe, probe_gpus
+from node.pull import peer_routes as pull_routes
 from node.store import Store, StoreError, get_doc
 
 log = logging.getLogger("outpost.daemon")
@@ -367,6 +368,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             return 200, await peers_view(daemon)
 
         admin.route("GET", "/peers", peers)
+        admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(daemon))
 
         async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
             return 200, await explain(daemon, payload["data_class"], payload.get("jurisdiction"),
@@ -386,6 +388,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             peer_sock = bind_tcp(config.node.peer_listen, key="node.peer_listen")
             daemon.peer_app = _peer_app(daemon)
             peer_routes(daemon)
+            pull_routes(daemon)
             daemon.servers.append(await _start_server(
                 daemon.peer_app, peer_sock, drain,
                 tls=daemon.credentials.listening_context(),

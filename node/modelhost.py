@@ -117,7 +117,8 @@ class ModelHost:
 
     # -- admin -------------------------------------------------------------------------------
 
-    async def add(self, path: Path, name: str, version: str | None = None) -> ModelRecord:
+    async def add(self, path: Path, name: str, version: str | None = None, *,
+                  pulled_from: str | None = None) -> ModelRecord:
         """Validate and store ``path`` as ``name:version``, and load it when serving.
 
         Nothing is left behind on failure: the blob is removed unless another version uses it.
@@ -149,7 +150,7 @@ class ModelHost:
                 if not await self.store.sha256_in_use(info.sha256):
                     self.blobs.remove(info.sha256)
                 raise
-            await self._audit("model.add", record)
+            await self._audit("model.pull" if pulled_from else "model.add", record, pulled_from)
             return record
 
     async def remove(self, ref: str) -> list[ModelRecord]:
@@ -183,10 +184,10 @@ class ModelHost:
                 await self._audit("model.remove", record)
             return records
 
-    async def _audit(self, kind: str, record: ModelRecord) -> None:
+    async def _audit(self, kind: str, record: ModelRecord, peer: str | None = None) -> None:
         if self.audit is not None:
             await self.audit.append(self.audit.record(
-                kind, model=record.name, version=record.version, caller="admin",
+                kind, model=record.name, version=record.version, caller="admin", peer=peer,
                 detail={"sha256": record.sha256, "size": record.size},
             ))
 

@@ -136,19 +136,52 @@ def node_status(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def models_add(data_dir: Path, path: Path, name: str, version: str | None) -> dict[str, Any]:
+def models_add(data_dir: Path, path: Path, name: str, version: str | None,
+               pulled_from: str | None = None) -> dict[str, Any]:
     client = connect(data_dir)
     if client is not None:
         with client:
             result: dict[str, Any] = client.request(
-                "POST", "/models", {"path": str(path), "name": name, "version": version}
+                "POST", "/models", {"path": str(path), "name": name, "version": version,
+                                    "pulled_from": pulled_from},
             )
             return result
 
     async def add(host: ModelHost) -> dict[str, Any]:
-        return (await host.add(path, name, version)).to_json()
+        return (await host.add(path, name, version, pulled_from=pulled_from)).to_json()
 
     return _offline(data_dir, "outpost models add", add)
+
+
+def models_pull(data_dir: Path, ref: str, from_node: str | None,
+                progress: Any = None) -> dict[str, Any]:
+    """Fetch ``name[:version]`` from a peer that holds it and may give it to us, then add it."""
+    from models import parse_ref
+    from node.enrollment import AUTHORITY_CERT, NODE_CERT
+    from node.keys import key_path
+    from node.pull import choose_source, download
+    from node.tls import client_context
+
+    name, version = parse_ref(ref)
+    client = connect(data_dir)
+    if client is None:
+        raise DaemonError(f"no daemon is running on {data_dir}; `outpost run` first (it knows "
+                          "which peers hold the model)")
+    with client:
+        peers: list[dict[str, Any]] = client.request("GET", "/peers")
+    source = choose_source(peers, name, version, from_node)
+    if not (data_dir / NODE_CERT).exists():
+        raise DaemonError("this node is not enrolled; peers only give models to enrolled nodes")
+    tls = client_context((data_dir / NODE_CERT).read_bytes(), key_path(data_dir).read_bytes(),
+                         (data_dir / AUTHORITY_CERT).read_bytes())
+    partial_dir = data_dir / "blobs"
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    path, _sha, _size = download(source, partial_dir, tls, progress=progress)
+    try:
+        record = models_add(data_dir, path, name, source.version, pulled_from=source.node_id)
+    finally:
+        path.unlink(missing_ok=True)
+    return {**record, "source": source.node_id}
 
 
 def models_list(data_dir: Path) -> list[dict[str, Any]]:

@@ -414,7 +414,10 @@ async def _replica_section(
 def _write_file(out: Path, head: bytes, blobs: Sequence[tuple[ModelRef, Path]]) -> int:
     """Write head then blobs to a temporary file beside ``out``, check each blob's hash on the
     way, then rename: a failed export never leaves a half bundle under the name asked for."""
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BundleError(f"cannot write {out}: {exc.strerror}; check the directory") from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -444,9 +447,11 @@ def _write_file(out: Path, head: bytes, blobs: Sequence[tuple[ModelRef, Path]]) 
             os.fsync(f.fileno())
         os.replace(tmp, out)
         return total
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            raise BundleError(f"cannot write {out}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -666,7 +671,8 @@ class _LogRow:
 
     def to_json(self) -> dict[str, Any]:
         return {"origin": self.origin, "status": self.status, "held": self.held,
-                "appended": self.appended, "reason": self.reason}
+                "appended": self.appended, "size": self.held + self.appended,
+                "reason": self.reason}
 
 
 async def _import(node: _Node, path: Path) -> dict[str, Any]:
@@ -754,7 +760,8 @@ async def _import(node: _Node, path: Path) -> dict[str, Any]:
                         raise BundleError(f"model {m['name']}:{m['version']} changed while "
                                           "being added; import again")
         finally:
-            changed = any(v for v in done.values())
+            changed = (done["policy"] is not None or done["revocations"] is not None
+                       or done["entries"] > 0 or done["models"] > 0)
             audit_index = None
             if changed or conflicts:
                 audit_index = await node.audit.append(
