@@ -27,6 +27,9 @@ forbid(principal, action == Action::"infer", resource)
 @id("public-anywhere")
 permit(principal, action == Action::"forward", resource)
   when { resource.data_class == "public" };
+@id("pull-off-cloud")
+permit(principal, action == Action::"model.pull", resource)
+  when { context.target.tier != "cloud" };
 @id("personal-stays-home")
 permit(principal, action == Action::"forward", resource)
   when { resource.data_class == "personal" && context.target.tier != "cloud"
@@ -148,3 +151,32 @@ def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Fed) -> None:
     explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--to",
                                    "onprem", "--json", data_dir=fed.dirs["edge"]).stdout)
     assert explained["allowed"] is True and "personal-stays-home" in explained["policies"]
+
+
+def test_models_pull_is_policy_gated_resumable_and_verified(sites: Fed) -> None:
+    fed = sites
+    edge, cloud = fed.dirs["edge"], fed.dirs["cloud"]
+    digits = (ROOT / "models" / "sample" / "digits.onnx").read_bytes()
+    import hashlib
+
+    sha = hashlib.sha256(digits).hexdigest()
+    # a corrupt partial file from an earlier attempt is detected and discarded, not loaded
+    partial = edge / "blobs" / f".pull-{sha}"
+    partial.write_bytes(b"\0" * (len(digits) // 2))
+    result = outpost("models", "pull", "digits", "--from", "onprem", data_dir=edge, check=False)
+    assert result.returncode == 1 and "corrupt" in result.stderr
+    assert not partial.exists()
+    # a genuine half from an interrupted transfer is resumed with a Range request
+    partial.write_bytes(digits[: len(digits) // 2])
+    pulled = json.loads(outpost("models", "pull", "digits", "--from", "onprem", "--json",
+                                data_dir=edge).stdout)
+    assert pulled["sha256"] == sha and pulled["source"] == "onprem"
+    with fed.procs["edge"].http() as http:
+        r = http.post("/v2/models/digits/infer", json=body(None))
+    assert r.status_code == 200 and r.json()["parameters"]["outpost.route"] == "local"
+    served = [e for e in audit(fed.dirs["onprem"]) if e["kind"] == "model.pull"]
+    assert served and served[-1]["caller"] == "node:edge" and served[-1]["detail"]["offset"] > 0
+    assert [e for e in audit(edge) if e["kind"] == "model.pull"][-1]["peer"] == "onprem"
+    # the cloud may not pull models off-cloud under this policy
+    result = outpost("models", "pull", "digits", "--from", "onprem", data_dir=cloud, check=False)
+    assert result.returncode == 1 and "policy" in result.stderr
