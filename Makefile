@@ -34,3 +34,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+## demo: three sites (edge DE, on-prem DE, cloud US) on loopback under one policy
+demo: $(STAMP)
+	$(BIN)/python -m cli.demo

@@ -12,7 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Not a terminal (pipes, CI, `make demo` logs): wide enough that tables stay readable.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 class CliError(Exception):
@@ -119,14 +120,14 @@ def print_peers(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("no peers known yet (no seeds answered, nothing discovered)")
         return
-    table = Table("node", "state", "tier", "site", "jur.", "models", "queue", "load", "rtt ms",
+    table = Table("node", "state", "tier", "site", "jur.", "models", "queue", "rtt ms",
                   "policy", "checkpoint", "address")
     for r in rows:
         models = ", ".join(f"{m['name']}:{m['version']}" for m in r.get("models", []))
         state = r["state"] + (" EQUIVOCATED" if r.get("equivocated") else "")
         table.add_row(r["node_id"], state, r.get("tier") or "?", r.get("site") or "?",
                       r.get("jurisdiction") or "?", models or "-", str(r.get("queue", "-")),
-                      str(r.get("load", "-")), str(r.get("rtt_ms") or "-"),
+                      str(r.get("rtt_ms") or "-"),
                       str(r.get("policy_version") or "-"), str(r.get("checkpoint_size") or "-"),
                       r["address"])
     console.print(table)
