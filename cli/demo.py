@@ -93,7 +93,7 @@ def main() -> int:
         return run(root, procs)
     finally:
         say("stopping every node the demo started")
-        for name, proc in procs.items():
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in procs.items():
