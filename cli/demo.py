@@ -156,15 +156,16 @@ def run(root: Path, procs: dict[str, subprocess.Popen[str]]) -> int:
     print(outpost("peers", "--data-dir", str(root / "edge")))
     example = json.loads(SAMPLE_MANIFEST.read_text())["examples"][0]
     say("labelled requests through the edge node")
-    cases = [("personal", "DE"), ("public", "DE"), (None, None), ("personal", "US")]
+    cases: list[tuple[str | None, str | None]] = [
+        ("personal", "DE"), ("public", "DE"), (None, None), ("personal", "US")]
     with httpx.Client(base_url=urls["edge"], timeout=30) as http:
         for data_class, jurisdiction in cases:
             _request(http, example, data_class, jurisdiction)
         say("the on-prem node goes down: personal data must not fall back to the cloud")
         procs["onprem"].send_signal(signal.SIGKILL)
         procs["onprem"].wait()
-        for data_class, jurisdiction in [("personal", "DE"), ("public", "DE")]:
-            _request(http, example, data_class, jurisdiction)
+        for label in ("personal", "public"):
+            _request(http, example, label, "DE")
     say("policy explain: why personal data may not go to the cloud")
     print(outpost("policy", "explain", "--data-class", "personal", "--to", "cloud",
                   "--data-dir", str(root / "edge")))
