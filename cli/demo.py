@@ -159,8 +159,8 @@ def run(root: Path, procs: dict[str, subprocess.Popen[str]]) -> int:
     cases: list[tuple[str | None, str | None]] = [
         ("personal", "DE"), ("public", "DE"), (None, None), ("personal", "US")]
     with httpx.Client(base_url=urls["edge"], timeout=30) as http:
-        for data_class, jurisdiction in cases:
-            _request(http, example, data_class, jurisdiction)
+        for data_class, data_jurisdiction in cases:
+            _request(http, example, data_class, data_jurisdiction)
         say("the on-prem node goes down: personal data must not fall back to the cloud")
         procs["onprem"].send_signal(signal.SIGKILL)
         procs["onprem"].wait()
