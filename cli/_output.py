@@ -103,7 +103,12 @@ def print_status(info: dict[str, Any]) -> None:
     console.print(table)
 
 
-def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool) -> None:
+def print_json_line(data: Any) -> None:
+    click.echo(json.dumps(data, sort_keys=True))
+
+
+def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool,
+                origin: str | None = None) -> None:
     for index, entry in rows:
         if as_json:
             click.echo(json.dumps({"index": index, "entry": entry}, sort_keys=True))
@@ -113,7 +118,8 @@ def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool) -> None:
                                         "outcome", "peer", "policy_version", "reason")
             if k in entry
         )
-        click.echo(f"{index:>8}  {entry['time']}  {entry['kind']:<16} {extra}")
+        where = f"{origin.rsplit('/', 1)[-1]:<12} " if origin else ""
+        click.echo(f"{where}{index:>8}  {entry['time']}  {entry['kind']:<16} {extra}")
 
 
 def print_peers(rows: list[dict[str, Any]]) -> None:

@@ -243,14 +243,24 @@ def audit() -> None:
 @data_dir_option
 @click.option("-n", "count", default=20, show_default=True, help="How many entries.")
 @click.option("-f", "follow", is_flag=True, help="Keep printing new entries (Ctrl-C stops).")
+@click.option("--all", "all_", is_flag=True,
+              help="Also the other nodes' logs this node holds (a collector's estate trail).")
 @json_option
-def audit_tail(data_dir: Path, count: int, follow: bool, as_json: bool) -> None:
+def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, as_json: bool) -> None:
     """Print the newest entries."""
     import time
 
     from node.ops_federation import audit_tail as tail
+    from node.ops_federation import audit_tail_all
 
     with out.errors():
+        if all_:
+            for origin, index, entry in audit_tail_all(data_dir, count):
+                if as_json:
+                    out.print_json_line({"origin": origin, "index": index, "entry": entry})
+                else:
+                    out.print_audit([(index, entry)], False, origin=origin)
+            return
         rows = tail(data_dir, count)
         out.print_audit(rows, as_json)
         next_index = rows[-1][0] + 1 if rows else 0

@@ -359,6 +359,13 @@ class AuditReader:
         hashes = plan.assemble(await _fetch_nodes(self.store, plan.nodes))
         return ConsistencyProof(old, new, tuple(hashes))
 
+    async def frontier(self, size: int) -> list[bytes]:
+        """The compact-range hashes of the first ``size`` leaves (what a collector needs to
+        check that entries from ``size`` on extend the copy it holds)."""
+        wanted = CompactRange.nodes_for(size)
+        found = await _fetch_nodes(self.store, wanted)
+        return [found[n] for n in wanted]
+
     async def root(self, size: int) -> bytes:
         plan = root_plan(size)
         return plan.assemble(await _fetch_nodes(self.store, plan.nodes))[0]

@@ -64,6 +64,8 @@ log = logging.getLogger("outpost.cluster")
 MAX_INFLIGHT = 64
 # How long one reliable exchange may take before it counts as failed.
 EXCHANGE_TIMEOUT_S = 5.0
+# receive_reliable's answer to a peer whose certificate is revoked.
+REVOKED = "this node's certificate is revoked"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -114,6 +116,10 @@ class Cluster(asyncio.DatagramProtocol):
         self.equivocations: list[EquivocationEvidence] = []
         self._udp: asyncio.DatagramTransport | None = None
         self._http: httpx.AsyncClient | None = None
+        self._http_tls: Any = None  # the client TLS context self._http was built with
+        self._retired: set[asyncio.Task[None]] = set()
+        # Addresses of members whose certificate is revoked: nothing is sent there.
+        self._revoked_addresses: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -132,7 +138,7 @@ class Cluster(asyncio.DatagramProtocol):
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=(udp_host, udp_port)
         )
-        self._http = httpx.AsyncClient(verify=self.deps.client_tls(), timeout=EXCHANGE_TIMEOUT_S)
+        self._client()
         now = time.monotonic()
         if revocation_pem is not None and revocation_version is not None:
             self._apply(self.sync.put(make_revocation_item(revocation_pem, revocation_version), now))
@@ -154,6 +160,9 @@ class Cluster(asyncio.DatagramProtocol):
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
+        for task in list(self._retired):
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
         if self._udp is not None:
@@ -216,12 +225,44 @@ class Cluster(asyncio.DatagramProtocol):
         for node_id in list(self.tls_peers):
             if revocations.is_revoked(self.tls_peers[node_id].identity):
                 del self.tls_peers[node_id]
+        self._refresh_revoked_addresses()
+
+    def is_revoked(self, identity: NodeIdentity) -> bool:
+        revocations = self.validator.revocations
+        return revocations is not None and revocations.is_revoked(identity)
+
+    def _refresh_revoked_addresses(self) -> None:
+        """Addresses held only by revoked members. Without this, a revoked node would keep
+        receiving our probes, rumors and (every reconnect round, for a day) our member table."""
+        revocations = self.validator.revocations
+        if revocations is None:
+            self._revoked_addresses = frozenset()
+            return
+        revoked: set[str] = set()
+        ok: set[str] = set()
+        for member in self.membership.members():
+            ident = self._known_identity(member.node_id)
+            if member.node_id in revocations.node_ids or (
+                    ident is not None and revocations.is_revoked(ident)):
+                revoked.add(member.address)
+            else:
+                ok.add(member.address)
+        self._revoked_addresses = frozenset(revoked - ok)
+
+    def _known_identity(self, node_id: str) -> NodeIdentity | None:
+        ident = self.validator.identities.get(node_id)
+        if ident is None and node_id in self.tls_peers:
+            ident = self.tls_peers[node_id].identity
+        return ident
 
     # -- effects and events -------------------------------------------------------------------
 
     def _apply(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
+                if effect.to in self._revoked_addresses:
+                    self.deps.count_drop("revoked_out")
+                    continue
                 payload = encode(effect.msg)
                 if effect.reliable:
                     self._send_stream(effect.to, payload)
@@ -270,6 +311,8 @@ class Cluster(asyncio.DatagramProtocol):
             # to travel as rumors.
             log.info("member %s %s at %s", event.member.node_id, type(event).__name__,
                      event.member.address)
+            if self.validator.revocations is not None:
+                self._refresh_revoked_addresses()
             if event.member.node_id != self.deps.node_id:
                 self._apply([self.sync.exchange_with(event.member.address)])
         elif isinstance(event, MemberEvent):
@@ -321,15 +364,33 @@ class Cluster(asyncio.DatagramProtocol):
         self._apply(self.membership.receive(f"{addr[0]}:{addr[1]}", msg, time.monotonic()))
 
     def _identity(self, node_id: str) -> NodeIdentity | None:
-        ident = self.validator.identities.get(node_id)
-        if ident is None and node_id in self.tls_peers:
-            ident = self.tls_peers[node_id].identity
+        ident = self._known_identity(node_id)
         revocations = self.validator.revocations
         if ident is not None and revocations is not None and revocations.is_revoked(ident):
             return None
         return ident
 
     # -- reliable path -------------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        """The HTTPS client, rebuilt whenever the daemon's client TLS context changes (a new
+        revocation list): a client built once at start would keep completing handshakes with
+        revoked servers, and keep its pooled connections to them."""
+        tls = self.deps.client_tls()
+        if self._http is None or tls is not self._http_tls:
+            old, self._http, self._http_tls = self._http, httpx.AsyncClient(
+                verify=tls, timeout=EXCHANGE_TIMEOUT_S), tls
+            if old is not None:
+                task = asyncio.create_task(self._retire(old))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+        return self._http
+
+    async def _retire(self, client: httpx.AsyncClient) -> None:
+        try:
+            await asyncio.sleep(EXCHANGE_TIMEOUT_S + 1.0)  # let its exchanges finish
+        finally:
+            await client.aclose()
 
     def _send_stream(self, to: str, payload: bytes) -> None:
         if self._http is None or self._stopping:
@@ -342,10 +403,9 @@ class Cluster(asyncio.DatagramProtocol):
         task.add_done_callback(self._inflight.discard)
 
     async def _post(self, to: str, payload: bytes) -> None:
-        assert self._http is not None
         started = time.monotonic()
         try:
-            response = await self._http.post(f"https://{to}/peer/v1/gossip", content=payload)
+            response = await self._client().post(f"https://{to}/peer/v1/gossip", content=payload)
         except httpx.HTTPError as exc:
             log.debug("exchange with %s failed: %s", to, exc)
             return
@@ -365,6 +425,10 @@ class Cluster(asyncio.DatagramProtocol):
 
     def receive_reliable(self, body: bytes, peer: NodeIdentity) -> str | None:
         """A POSTed message from an authenticated peer; returns an error text or None."""
+        if self.is_revoked(peer):
+            # A connection opened before the revocation arrived outlives it (keep-alive).
+            self.deps.count_drop("revoked")
+            return REVOKED
         if len(body) > MAX_STREAM_MESSAGE_BYTES:
             self.deps.count_drop("oversized")
             return "message too large"

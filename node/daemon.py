@@ -28,9 +28,10 @@ from typing import Any
 
 import uvicorn
 
+from federation.canonical import b64encode
 from federation.errors import FederationError
 from federation.identity import NodeIdentity
-from federation.policy_engine import PolicyEngine
+from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import OrtBackend
 from node import control, sync
 from node.admin import AdminApp, audit_query
@@ -57,6 +58,7 @@ from node.peer import PeerApp, PeerCredentials, protocol_class
 from node.peer import query as peer_query
 from node.probe import probe, probe_gpus
 from node.pull import peer_routes as pull_routes
+from node.replication import replicate_forever
 from node.store import Store, StoreError, get_doc
 
 log = logging.getLogger("outpost.daemon")
@@ -282,9 +284,33 @@ def _peer_app(daemon: Daemon) -> PeerApp:
 
     async def audit_view(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                          rest: str) -> None:
-        if rest not in _PEER_AUDIT_VIEWS:
-            raise HTTPError(404, f"no peer audit view {rest!r}; try {sorted(_PEER_AUDIT_VIEWS)}")
-        await send_json(send, 200, await audit_query(reader, rest, peer_query(scope)))
+        query = peer_query(scope)
+        if rest in _PEER_AUDIT_VIEWS:
+            await send_json(send, 200, await audit_query(reader, rest, query))
+            return
+        if rest not in ("entries", "frontier"):
+            raise HTTPError(404, f"no peer audit view {rest!r}")
+        # Entries (and the frontier that proves them) go only to collectors policy names.
+        me = daemon.identity
+        decision = daemon.engine.decide_audit_replicate(
+            NodeAttrs(**peer.attributes()), NodeAttrs(**me.attributes())) if me else None
+        if decision is None or not decision.allowed:
+            raise HTTPError(403, f"policy does not name {peer.node_id} an audit collector of "
+                                 f"{daemon.node_id} (action audit.replicate)")
+        try:
+            if rest == "frontier":
+                size = int(query.get("size", "0"))
+                if not 0 < size <= daemon.audit.size:
+                    raise HTTPError(400, f"size must be between 1 and {daemon.audit.size}")
+                hashes = await reader.frontier(size)
+                await send_json(send, 200, {"size": size, "hashes": [b64encode(h) for h in hashes]})
+                return
+            start = int(query.get("start", "0"))
+            end = min(int(query.get("end", str(start + 2000))), start + 2000)
+        except ValueError:
+            raise HTTPError(400, "start, end and size must be integers") from None
+        rows = await reader.entries(start, end)
+        await send_json(send, 200, [{"index": i, "entry": b64encode(e)} for i, e in rows])
 
     async def hello(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                     rest: str) -> None:
@@ -421,6 +447,8 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         detail={"version": server_version(), "models": len(host.served())},
     ))
     daemon.tasks.append(asyncio.create_task(_tick(audit), name="audit-ticker"))
+    if daemon.cluster is not None:
+        daemon.tasks.append(asyncio.create_task(replicate_forever(daemon), name="replication"))
     app_state.ready = True
     log.info("node %s ready: app endpoint http://%s, admin %s", node_id, daemon.listen,
              data_dir / control.ADMIN_SOCKET)

@@ -17,7 +17,7 @@ from federation.config import ClusterConfig
 from federation.identity import NodeIdentity, read_revocation_list
 from federation.policy_engine import DataAttrs, NodeAttrs
 from node.audit import AuditReader
-from node.cluster import Cluster, ClusterDeps, held_documents
+from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.enrollment import revocations
 from node.forward import Call, peek_parameters
 from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_response
@@ -193,6 +193,9 @@ def peer_routes(daemon: Daemon) -> None:
 
         if daemon.cluster is None:
             raise HTTPError(503, "federation not started yet; retry")
+        if daemon.cluster.is_revoked(peer):
+            # Checked per request: a connection from before the revocation may still be open.
+            raise HTTPError(403, f"{peer.node_id}: {REVOKED}")
         body = await read_body(scope, receive, MAX_STREAM_MESSAGE_BYTES)
         error = daemon.cluster.receive_reliable(body, peer)
         if error is not None:

@@ -68,6 +68,25 @@ def audit_tail(data_dir: Path, n: int, start: int | None = None) -> list[tuple[i
     return [(i, json.loads(e)) for i, e in _read(data_dir, tail)]
 
 
+def audit_tail_all(data_dir: Path, n: int) -> list[tuple[str, int, dict[str, Any]]]:
+    """The newest ``n`` entries of this node's log and of every replica it holds (collected
+    live or imported from sync bundles), merged by time: the estate's trail on a collector."""
+    origin, _ = _verifier_names(data_dir)
+
+    async def tail(reader: AuditReader) -> list[tuple[str, int, bytes]]:
+        rows = [(origin, i, e) for i, e in await reader.tail(n)]
+        async with reader.store.conn.execute(
+            "SELECT origin, seq, entry FROM (SELECT origin, seq, entry FROM replica_entry "
+            "ORDER BY rowid DESC LIMIT ?)", (n * 4,)
+        ) as cur:
+            rows += [(str(o), int(i), bytes(e)) for o, i, e in await cur.fetchall()]
+        return rows
+
+    merged = [(o, i, json.loads(e)) for o, i, e in _read(data_dir, tail)]
+    merged.sort(key=lambda r: (r[2].get("time", ""), r[0], r[1]))
+    return merged[-n:]
+
+
 def audit_checkpoint(data_dir: Path, size: int | None = None) -> str:
     async def get(reader: AuditReader) -> str | None:
         return await (reader.head() if size is None else reader.checkpoint_at(size))

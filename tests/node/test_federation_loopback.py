@@ -104,3 +104,41 @@ def test_forged_replayed_and_oversized_datagrams_are_dropped_and_counted(fed: Fe
         text = http.get("/metrics").text
     # the genuine datagram's boot (1) is older than node-b's real boot: refused as a replay
     assert 'outpost_gossip_dropped_total{reason="replayed"}' in text
+
+
+def test_audit_collectors_named_by_policy_replicate_verified_logs(fed: Fed) -> None:
+    from tests.node.test_peer_endpoint import client_ctx, peer_url
+
+    fed.add("node-a")
+    fed.add("collector", tier="onprem", seed="node-a")
+    fed.add("node-c", seed="node-a")
+    policy = fed.tmp / "p.cedar"
+    policy.write_text(
+        'permit(principal, action == Action::"infer", resource);\n'
+        'permit(principal, action == Action::"audit.replicate", resource)\n'
+        '  when { principal.tier == "onprem" };\n')
+    bundle = fed.tmp / "b.json"
+    outpost("policy", "sign", str(policy), "--version", "1", "--ca", str(fed.ca), "-o", str(bundle))
+    for name in fed.dirs:
+        fed.start(name)
+    outpost("policy", "apply", str(bundle), data_dir=fed.dirs["node-a"])
+    for name in fed.dirs:
+        eventually(lambda n=name: status(fed.dirs[n])["policy_version"] == 1, what="policy")
+
+    def collected() -> bool:
+        lines = outpost("audit", "tail", "--all", "-n", "200", "--json",
+                        data_dir=fed.dirs["collector"]).stdout.splitlines()
+        origins = {json.loads(line)["origin"] for line in lines}
+        return {"outpost/acme/node-a", "outpost/acme/node-c"} <= origins
+
+    eventually(collected, timeout=60, what="collector holds node-a's and node-c's logs")
+    # a node that policy does not name a collector is refused the entries
+    url = peer_url(fed.dirs["node-a"])
+    import httpx
+
+    with httpx.Client(verify=client_ctx(fed.dirs["node-c"]), timeout=10) as http:
+        r = http.get(f"{url}/peer/v1/audit/entries", params={"start": 0})
+    assert r.status_code == 403 and "collector" in r.json()["error"]
+    with httpx.Client(verify=client_ctx(fed.dirs["collector"]), timeout=10) as http:
+        r = http.get(f"{url}/peer/v1/audit/entries", params={"start": 0, "end": 2})
+    assert r.status_code == 200 and [row["index"] for row in r.json()] == [0, 1]

@@ -1,0 +1,152 @@
+"""Live audit replication: nodes that policy names as audit collectors copy the other nodes'
+logs, verified entry by entry against each origin's signed checkpoint.
+
+Who collects is policy: a node pulls a peer's entries only when ``audit.replicate`` permits
+(principal = this collector, resource = the origin), and the origin re-checks the same decision
+before it serves (either side's deny wins; no policy means nobody collects). Every
+``federation.checkpoint_interval_s`` a collector asks each alive peer for its newest signed
+checkpoint, the compact-range frontier at the size it already holds, and the entries since;
+it accepts them only if the frontier folds to the root it held and the entries fold to the new
+signed root (``federation.merkle.CompactRange``), then appends them to the replica tables that
+``outpost bundle`` also uses. A node offline for a while simply catches up on the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import httpx
+
+from federation.canonical import b64decode
+from federation.errors import FederationError
+from federation.merkle import CompactRange, leaf_hash
+from federation.messages import ItemKind
+from federation.note import Checkpoint, Verifier
+from federation.policy_engine import NodeAttrs
+
+if TYPE_CHECKING:
+    from node.daemon import Daemon
+
+log = logging.getLogger("outpost.replication")
+
+# Entries fetched per request: bounds one response (~1 KiB an entry) while keeping a long
+# catch-up to a few hundred round trips per million entries.
+PAGE = 2000
+
+
+async def replicate_forever(daemon: Daemon) -> None:
+    interval = daemon.config.federation.checkpoint_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await replicate_once(daemon)
+        except Exception:
+            log.exception("audit replication round failed")
+
+
+async def replicate_once(daemon: Daemon) -> int:
+    """One round over every alive peer this node may collect from; returns entries added."""
+    cluster, router, me = daemon.cluster, daemon.router, daemon.identity
+    if cluster is None or router is None or me is None or daemon.engine.bundle is None:
+        return 0
+    collector = NodeAttrs(**me.attributes())
+    added = 0
+    for candidate in cluster.candidates(asyncio.get_running_loop().time()):
+        if not candidate.alive:
+            continue
+        decision = daemon.engine.decide_audit_replicate(collector, candidate.attrs)
+        if not decision.allowed:
+            continue
+        address = cluster.address_of(candidate.node_id)
+        verifier = cluster.validator.verifier(candidate.node_id)
+        ident = cluster.validator.identities.get(candidate.node_id)
+        if address is None or verifier is None or ident is None:
+            continue
+        try:
+            added += await _pull(daemon, router.client(), address, verifier, ident.origin,
+                                 candidate.node_id)
+        except (httpx.HTTPError, FederationError, ValueError, KeyError) as exc:
+            log.warning("replicating %s failed: %s", candidate.node_id, exc)
+    return added
+
+
+async def _pull(daemon: Daemon, http: httpx.AsyncClient, address: str, verifier: Verifier,
+                origin: str, node_id: str) -> int:
+    base = f"https://{address}/peer/v1/audit"
+    held_size, held_note = await _held(daemon, origin)
+    response = await http.get(f"{base}/checkpoint")
+    response.raise_for_status()
+    note = response.json()["checkpoint"]
+    checkpoint = Checkpoint.open(note, verifier)
+    if checkpoint.size <= held_size:
+        return 0
+    frontier: list[bytes] = []
+    if held_size:
+        r = await http.get(f"{base}/frontier", params={"size": held_size})
+        r.raise_for_status()
+        frontier = [b64decode(h, length=32, what="frontier hash") for h in r.json()["hashes"]]
+        held_root = Checkpoint.open(held_note or "", verifier).root_hash
+        if CompactRange(held_size, frontier).root() != held_root:
+            raise ValueError(f"{node_id}'s log does not extend the copy held here (fork?)")
+    cr = CompactRange(held_size, frontier)
+    entries: list[bytes] = []
+    start = held_size
+    while start < checkpoint.size:
+        r = await http.get(f"{base}/entries",
+                           params={"start": start, "end": min(start + PAGE, checkpoint.size)})
+        r.raise_for_status()
+        page = r.json()
+        if not page:
+            raise ValueError(f"{node_id} sent no entries from {start}")
+        for row in page:
+            if row["index"] != start:
+                raise ValueError(f"{node_id} sent entry {row['index']} where {start} was due")
+            raw = b64decode(row["entry"], what="audit entry")
+            cr.append(leaf_hash(raw))
+            entries.append(raw)
+            start += 1
+    if cr.root() != checkpoint.root_hash:
+        raise ValueError(f"{node_id}'s entries do not match its signed checkpoint")
+    await _store(daemon, origin, held_size, entries, checkpoint.size, note, node_id)
+    log.info("replicated %d entries of %s (now %d)", len(entries), origin, checkpoint.size)
+    return len(entries)
+
+
+async def _held(daemon: Daemon, origin: str) -> tuple[int, str | None]:
+    async with daemon.store.conn.execute(
+        "SELECT size, note FROM replica_head WHERE origin = ?", (origin,)
+    ) as cur:
+        row = await cur.fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, None)
+
+
+async def _store(daemon: Daemon, origin: str, first: int, entries: list[bytes], size: int,
+                 note: str, node_id: str) -> None:
+    """Append to the replica tables (shared with ``outpost bundle``) in one transaction."""
+    cert = b""
+    if daemon.cluster is not None:
+        item = daemon.cluster.sync.get(node_id, ItemKind.CAPABILITY_ADVERT, "advert")
+        if item is not None:
+            cert = json.loads(item.value)["cert"].encode()
+    conn = daemon.store.conn
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.executemany(
+            "INSERT INTO replica_entry(origin, seq, entry) VALUES(?, ?, ?)",
+            [(origin, first + i, e) for i, e in enumerate(entries)],
+        )
+        await conn.execute(
+            "INSERT INTO replica_head(origin, size, note, cert) VALUES(?, ?, ?, ?) "
+            "ON CONFLICT(origin) DO UPDATE SET size=excluded.size, note=excluded.note, "
+            "cert=excluded.cert",
+            (origin, size, note, cert),
+        )
+        await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.execute("ROLLBACK")
+        raise
