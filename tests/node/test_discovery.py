@@ -369,7 +369,7 @@ def _all_find_each_other(peers: list[Peer], after: dict[str, int] | None = None)
 @pytest.mark.slow
 def test_mdns_peers_find_each_other_and_goodbye_is_reported(
         net: tuple[Topology, list[Peer]], tmp_path: Path) -> None:
-    topo, peers = net
+    _, peers = net
     a, b, c = peers
     slowest = _all_find_each_other(peers)
     ready = max(e["t"] for p in peers for e in p.events if e["event"] == "ready")
@@ -384,18 +384,6 @@ def test_mdns_peers_find_each_other_and_goodbye_is_reported(
     for peer in (b, c):
         event = peer.found("a", FOUND_TIMEOUT_S, marks[peer.node_id])
         assert event["candidate"]["fingerprint"] == new_fp
-
-    # A second node claiming a's id loses the name probe, and sends no goodbye for a's name.
-    marks = {p.node_id: p.mark() for p in peers}
-    impostor = Peer(topo.host(3), "a", tmp_path, run=3)
-    try:
-        error = impostor.wait_for("error", lambda e: e["event"] == "error", FOUND_TIMEOUT_S)
-        assert "already advertises a._outpost._tcp.local." in error["message"]
-        assert impostor.proc.wait(timeout=10) == 3
-    finally:
-        impostor.close()
-    time.sleep(2)  # a goodbye would have been acted on at once
-    assert not [e for p in (b, c) for e in p.events[marks[p.node_id]:] if e["event"] == "lost"]
 
     # Clean stop: goodbye, reported at once.
     marks = {p.node_id: p.mark() for p in peers}
