@@ -34,6 +34,25 @@ __all__ = [
 ]
 
 
+_SAFE_INT = 2**53
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    if depth > 32:
+        return False
+    kind = type(obj)
+    if kind is str or kind is bool or obj is None:
+        return True
+    if kind is int:
+        return bool(-_SAFE_INT <= obj <= _SAFE_INT)
+    if kind is dict:
+        return all(type(k) is str and k.isascii() and _plain(v, depth + 1)
+                   for k, v in obj.items())
+    if kind is list or kind is tuple:
+        return all(_plain(v, depth + 1) for v in obj)
+    return False
+
+
 def canonical_json(obj: Any) -> bytes:
     """Encode ``obj`` as RFC 8785 canonical JSON (UTF-8 bytes, sorted keys, no spaces).
 
@@ -41,6 +60,16 @@ def canonical_json(obj: Any) -> bytes:
     integers beyond ±2**53, NaN/infinite floats, non-JSON types), because such a value
     usually came from a peer's document; build it from JSON types to fix it.
     """
+    if _plain(obj):
+        # For dicts/lists of ASCII-keyed str, bool, None and safe ints, the standard library's
+        # sorted, separator-free, non-ASCII-preserving output is byte-identical to RFC 8785
+        # (same escapes, same key order, same integer spelling) and ~5x faster; audit entries
+        # take this path once per inference. Anything else goes to the rfc8785 package.
+        try:
+            return json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: let rfc8785 judge them
+            pass
     try:
         return rfc8785.dumps(obj)
     except (rfc8785.CanonicalizationError, TypeError) as exc:

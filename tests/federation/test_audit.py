@@ -367,3 +367,28 @@ def test_strict_base64_and_json_objects() -> None:
     for bad_json in (b'{"a":1,"a":2}', b'{"a":NaN}', b"[1]", b"{"):
         with pytest.raises(MalformedInput):
             parse_json_object(bad_json, "doc")
+
+
+def test_canonical_json_fast_path_matches_rfc8785() -> None:
+    """Invariant: canonical_json's standard-library fast path produces exactly the bytes of
+    the rfc8785 package for every value it accepts."""
+    import rfc8785
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from federation.canonical import canonical_json
+
+    scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text()
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+    @settings(max_examples=400, deadline=None)
+    @given(values)
+    def check(value: object) -> None:
+        try:
+            expected = rfc8785.dumps(value)
+        except Exception:
+            return
+        assert canonical_json(value) == expected
+
+    check()
