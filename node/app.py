@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,15 @@ class AppState:
     default_data_class: str
     ready: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    health: Callable[[], dict[str, Any]] | None = None
+    """The runtime's ``Backend.health()``: its ``degraded``/``reason`` join the body of
+    ``/v2/health/ready`` (the status code stays readiness alone: a degraded node serves)."""
+
+    def ready_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ready": self.ready}
+        if self.health is not None:
+            body.update(self.health())
+        return body
 
 
 class OipApp:
@@ -105,7 +115,7 @@ class OipApp:
         if path == "/v2/health/live":
             await send_json(send, 200, {"live": True})
         elif path == "/v2/health/ready":
-            await send_json(send, 200 if self.state.ready else 503, {"ready": self.state.ready})
+            await send_json(send, 200 if self.state.ready else 503, self.state.ready_body())
         elif path in ("/v2", "/v2/"):
             await send_json(send, 200, {
                 "name": "outpost",

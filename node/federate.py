@@ -59,13 +59,18 @@ async def start_federation(daemon: Daemon, key: Any) -> Cluster:
 
     def advert_body() -> dict[str, Any]:
         served = daemon.host.served()
+        backend = daemon.host.backend
+        # A Ray-backed node advertises its cluster (nodes, CPUs, GPUs, memory, replicas):
+        # None in-process. describe() is cached by the backend, never a Ray round trip.
+        cluster = backend.describe().get("cluster") if backend is not None else None
         return {
             "models": [{"name": s.record.name, "version": s.record.version,
                         "sha256": s.record.sha256, "provider": s.model.provider}
                        for s in served],
             "queue": sum(s.model.queue_depth for s in served),
             "load": round(_load1(), 2),
-            "gpus": daemon.gpus,
+            "gpus": max(daemon.gpus, int(cluster["gpus"])) if cluster else daemon.gpus,
+            "cluster": cluster,
             "policy_version": daemon.policy_version,
             "app": daemon.listen,
         }

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import httpx
@@ -55,7 +56,7 @@ async def replicate_once(daemon: Daemon) -> int:
         return 0
     collector = NodeAttrs(**me.attributes())
     added = 0
-    for candidate in cluster.candidates(asyncio.get_running_loop().time()):
+    for candidate in cluster.candidates(time.monotonic()):
         if not candidate.alive:
             continue
         decision = daemon.engine.decide_audit_replicate(collector, candidate.attrs)
