@@ -480,9 +480,12 @@ class Membership:
         """Latest time at which :meth:`tick` must be called (may be in the past)."""
         if not self._started:
             return -_INF
-        due = min(self._next_probe, self._next_push_pull, self._next_reconnect,
+        # A leaving node stops probing (tick skips it), so its probe timers are not deadlines:
+        # reporting them would ask to be woken in the past forever.
+        probe_due = _INF if self._leaving else self._next_probe
+        due = min(probe_due, self._next_push_pull, self._next_reconnect,
                   self._next_seed, self._suspicion_due)
-        if self._probe is not None:
+        if self._probe is not None and not self._leaving:
             p = self._probe
             due = min(due, p.end_at if p.indirect_sent else p.timeout_at)
         if self._relays:

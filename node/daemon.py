@@ -279,7 +279,8 @@ _PEER_AUDIT_VIEWS = frozenset({"checkpoint", "checkpoints", "proof", "consistenc
 
 
 def _peer_app(daemon: Daemon) -> PeerApp:
-    app = PeerApp(lambda route: daemon.metrics.peer_requests.labels(route).inc())
+    app = PeerApp(lambda route: daemon.metrics.peer_requests.labels(route).inc(),
+                  daemon.credentials)
     reader = AuditReader(daemon.store, daemon.audit.verifiers)
 
     async def audit_view(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,

@@ -101,9 +101,11 @@ def protocol_class(credentials: PeerCredentials) -> type[asyncio.Protocol]:
 class PeerApp:
     """ASGI app of the peer endpoint: prefix routes, each handler gets the caller's identity."""
 
-    def __init__(self, on_request: Callable[[str], None] | None = None) -> None:
+    def __init__(self, on_request: Callable[[str], None] | None = None,
+                 credentials: PeerCredentials | None = None) -> None:
         self.routes: list[tuple[str, str, PeerHandler]] = []
         self.on_request = on_request
+        self.credentials = credentials
 
     def route(self, method: str, prefix: str, handler: PeerHandler) -> None:
         self.routes.append((method, prefix, handler))
@@ -115,6 +117,12 @@ class PeerApp:
         try:
             if peer is None:
                 raise HTTPError(403, "peer identity unknown; connect with a federation certificate")
+            held = self.credentials.revocations if self.credentials else None
+            if held is not None and held.is_revoked(peer):
+                # A connection opened before the revocation arrived stays open; its requests
+                # are refused from then on.
+                raise HTTPError(403, f"{peer.node_id} is revoked (revocation list "
+                                     f"v{held.version})")
             path, method = scope["path"], scope["method"]
             for m, prefix, handler in self.routes:
                 if m == method and (path == prefix or path.startswith(prefix + "/")):

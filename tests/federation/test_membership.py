@@ -470,3 +470,20 @@ def test_introduce_sends_one_join_push_pull_and_keeps_the_seeds() -> None:
     assert isinstance(send.msg, MemberPushPull) and send.msg.join
     assert ms.introduce("10.0.0.1:1", 0.2) == []  # never ourselves
     assert ms._seeds == ["10.0.0.9:1"]
+
+
+def test_a_leaving_node_does_not_ask_to_be_woken_in_the_past() -> None:
+    """Invariant: after tick(now), next_deadline() > now — also while leaving (a deadline stuck
+    in the past makes the I/O loop spin)."""
+    import random
+
+    from federation.config import MembershipConfig
+    from federation.membership import Membership
+
+    ms = Membership("a", "10.0.0.1:1", MembershipConfig.local(), random.Random(3))
+    ms.join(["10.0.0.2:1"], 0.0)
+    ms.tick(0.0)
+    ms.leave(0.5)
+    for now in (1.0, 2.0, 5.0):
+        ms.tick(now)
+        assert ms.next_deadline() > now
