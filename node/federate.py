@@ -231,7 +231,13 @@ def peer_routes(daemon: Daemon) -> None:
         call = Call(model=model, version=version, body=body, header_length=header_length,
                     caller=NodeAttrs(**peer.attributes()), hops=max(1, hops),
                     request_id=request_id)
-        data = router.data_of(call, peek_parameters(body, header_length))
+        params = peek_parameters(body, header_length)
+        if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
+            # The sender labels every forward explicitly; an unlabelled one would otherwise be
+            # judged with this node's defaults (its jurisdiction, its default class).
+            raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
+                                 "outpost.jurisdiction (set by the sending node)")
+        data = router.data_of(call, params)
         decision = daemon.engine.decide_infer(call.caller, data, me, call.hops)
         if not decision.allowed:
             reason = "; ".join(decision.reasons) or "denied"
