@@ -95,6 +95,7 @@ def print_status(info: dict[str, Any]) -> None:
             f"{_size(caps['disk']['free'])} free   gpus {len(caps['gpus'])}   "
             f"onnxruntime {caps['onnxruntime']}"
         )
+    _print_runtime(info.get("runtime"))
     table = Table("model", "version", "provider", "queue", "batching", "sha256")
     for m in info.get("models", []):
         table.add_row(m["name"], m["version"], m.get("provider", "-"),
@@ -105,6 +106,21 @@ def print_status(info: dict[str, Any]) -> None:
 
 def print_json_line(data: Any) -> None:
     click.echo(json.dumps(data, sort_keys=True))
+
+
+def _print_runtime(runtime: dict[str, Any] | None) -> None:
+    """The runtime line of `outpost status`: the Ray cluster, and DEGRADED with its reason."""
+    if not runtime:
+        return
+    if runtime.get("backend") == "ray":
+        cluster = runtime.get("cluster")
+        where = (f"{cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU, "
+                 f"{_size(cluster['memory'])}, {cluster['replicas']} replica(s)"
+                 if cluster else "no cluster facts yet")
+        console.print(f"runtime: ray at {runtime.get('address')!r}: {where}")
+    if runtime.get("degraded"):
+        console.print(f"[bold red]DEGRADED[/bold red] since {runtime.get('since') or '?'}: "
+                      f"{runtime.get('reason')}", highlight=False)
 
 
 def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool,

@@ -557,9 +557,11 @@ def policy_show(data_dir: Path, as_json: bool) -> None:
 
 
 def _register_groups() -> None:
+    from cli.batch import batch
     from cli.bundle import bundle
 
     main.add_command(bundle)
+    main.add_command(batch)
 
 
 _register_groups()

@@ -6,11 +6,13 @@
 - ``datatypes``  OIP <-> numpy <-> onnxruntime types
 - ``codec``      Open Inference Protocol bodies <-> tensors (JSON + binary extension)
 - ``runtime``    ``Backend``/``LoadedModel`` interfaces and the onnxruntime backend
+- ``ray_backend`` the Ray backend (actor pools, in-process fallback) and ``create_backend``
 - ``batcher``    the queue + worker thread that micro-batches requests
 - ``errors``     the one exception tree (``ModelError`` and children)
 
-onnxruntime is imported lazily (when a model is inspected or loaded), so importing this
-package stays cheap for CLI commands that only talk to a running daemon.
+onnxruntime is imported lazily (when a model is inspected or loaded), and Ray only when a
+``RayBackend`` connects, so importing this package stays cheap for CLI commands that only
+talk to a running daemon.
 """
 
 from pathlib import Path
@@ -37,6 +39,7 @@ from models.errors import (
     Overloaded,
 )
 from models.names import parse_ref, validate_name, validate_version
+from models.ray_backend import RayBackend, RayConfig, RayModel, create_backend
 from models.runtime import Backend, LoadedModel, OrtBackend, OrtModel, RuntimeConfig
 from models.signature import DYNAMIC, ModelSignature, TensorSpec, inspect_model
 
@@ -69,9 +72,13 @@ __all__ = [
     "OrtBackend",
     "OrtModel",
     "Overloaded",
+    "RayBackend",
+    "RayConfig",
+    "RayModel",
     "RequestedOutput",
     "RuntimeConfig",
     "TensorSpec",
+    "create_backend",
     "decode_infer_request",
     "decode_infer_response",
     "encode_infer_request",

@@ -1,11 +1,16 @@
-"""Dynamic micro-batching on one worker thread per model version.
+"""Dynamic micro-batching on worker threads, one per model version by default.
 
-Owns the bounded request queue, the worker thread, how requests are grouped into one
+Owns the bounded request queue, the worker threads, how requests are grouped into one
 run, how outputs are split back, and how results cross back to the event loop. It knows
 nothing about onnxruntime: it calls a ``run(feed) -> outputs`` function, so any backend
 that can run a feed dict synchronously (in-process session, a remote actor call) can put
 it behind the same queue. Must never run a model on the event loop thread, and never let
-one failing request or observer stop the worker.
+one failing request or observer stop a worker.
+
+One worker suits an in-process session (one run at a time keeps the cores for other
+models). A backend whose ``run`` is a remote call asks for more (``workers``, ``resize``):
+each worker takes its own batch, so that many runs are in flight at once — one per
+remote replica slot — and batches form from what queues while they are all busy.
 
 Theory of operation::
 
@@ -82,7 +87,10 @@ class Batcher:
         max_queue: int,
         retry_after_s: float,
         observer: Observer | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self._run = run
         self._name, self._version = name, version
         self._batchable = batchable and max_batch_size > 1
@@ -95,10 +103,34 @@ class Batcher:
         self._queue: collections.deque[_Job] = collections.deque()
         self._depth = 0
         self._closing = False
-        self._thread = threading.Thread(
-            target=self._work, name=f"outpost-model-{name}:{version}", daemon=True
-        )
-        self._thread.start()
+        self._wanted = 0  # worker threads asked for; extra ones exit after their run
+        self._threads: list[threading.Thread] = []
+        self.resize(workers)
+        self._thread = self._threads[0]
+
+    @property
+    def workers(self) -> int:
+        """Worker threads asked for (runs that may be in flight at once)."""
+        return self._wanted
+
+    def resize(self, workers: int) -> None:
+        """Allow ``workers`` runs in flight at once: starts threads now; surplus threads
+        finish the run they are in, then exit. Callable from any thread, a worker too."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        with self._cond:
+            if self._closing:
+                return
+            self._wanted = workers
+            for _ in range(workers - len(self._threads)):
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"outpost-model-{self._name}:{self._version}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify_all()  # surplus idle workers wake up and exit
 
     @property
     def queue_depth(self) -> int:
@@ -130,24 +162,34 @@ class Batcher:
         return future
 
     async def close(self) -> None:
-        """Stop accepting, let the worker finish every queued request, join it."""
+        """Stop accepting, let the workers finish every queued request, join them."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        await asyncio.to_thread(self._thread.join)
+            threads = list(self._threads)
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
 
     # -- worker thread ------------------------------------------------------------------
 
     def _work(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._closing and not self._surplus(me):
                     self._cond.wait()
-                if not self._queue:
-                    return  # closing and drained
+                if self._surplus(me) or not self._queue:
+                    self._threads.remove(me)
+                    if self._queue:  # hand the queue to a remaining worker
+                        self._cond.notify()
+                    return  # resized down, or closing and drained
                 batch = self._take()
             if batch:  # empty when every queued job had been cancelled
                 self._deliver(batch, self._execute(batch))
+
+    def _surplus(self, me: threading.Thread) -> bool:
+        """Under the lock: more workers run than asked for, and ``me`` is one too many."""
+        return not self._closing and self._threads.index(me) >= self._wanted
 
     def _take(self) -> list[_Job]:
         """Under the lock: the next batch (empty when only cancelled jobs were queued)."""

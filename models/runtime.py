@@ -39,7 +39,15 @@ from models.errors import CodecError, InvalidConfig, InvalidModel
 from models.names import validate_name, validate_version
 from models.signature import ModelSignature, signature_of_session
 
-__all__ = ["Backend", "LoadedModel", "OrtBackend", "OrtModel", "RuntimeConfig"]
+__all__ = [
+    "Backend",
+    "InputCheck",
+    "LoadedModel",
+    "OrtBackend",
+    "OrtModel",
+    "RuntimeConfig",
+    "SessionRunner",
+]
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +170,18 @@ class Backend(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able facts for status and adverts (backend, providers, settings)."""
+        """JSON-able facts for status and adverts (backend, providers, settings). Cheap and
+        non-blocking: status calls it on the event loop."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """``{"degraded": bool, "reason": str | None}``: degraded means the node serves, but
+        with less than it was configured for (e.g. Ray is down and models run in-process).
+        Cheap and non-blocking, like ``describe``."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the backend holds beyond its models (close the models first)."""
         ...
 
 
@@ -200,6 +219,12 @@ class OrtBackend:
             "cuda": self._cuda,
             "config": dataclasses.asdict(self.config),
         }
+
+    def health(self) -> dict[str, Any]:
+        return {"degraded": False, "reason": None}
+
+    async def close(self) -> None:
+        return None
 
     def _plan(self) -> list[str]:
         import onnxruntime as ort
@@ -273,13 +298,10 @@ class OrtModel:
         observer: Observer | None,
     ) -> None:
         self.name, self.version = name, version
-        self._session = session
+        self._session: SessionRunner | None = SessionRunner(session, signature)
         self._signature = signature
         self._provider = provider
-        self._dtypes = {s.name: from_oip(s.datatype).dtype for s in signature.inputs}
-        self._text_inputs = [s.name for s in signature.inputs if s.datatype == "BYTES"]
-        self._text_outputs = [s.name for s in signature.outputs if s.datatype == "BYTES"]
-        self._output_names = [s.name for s in signature.outputs]
+        self._check = InputCheck(name, version, signature)
         self._batcher = Batcher(
             self._run,
             name=name,
@@ -305,10 +327,32 @@ class OrtModel:
         return self._batcher.queue_depth
 
     async def infer(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return await self._batcher.submit(self._check(inputs))
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        self._session = None  # frees the session (and its device memory) now
+
+    def _run(self, feed: dict[str, Tensor]) -> dict[str, Tensor]:
+        assert self._session is not None, "closed models run nothing (the batcher drained)"
+        return self._session(feed)
+
+
+class InputCheck:
+    """A request's tensors against a model's signature, on the event loop before queueing:
+    every input present with the signature's numpy dtype (CodecError otherwise), and BYTES
+    inputs turned into the UTF-8 text onnxruntime wants. Shared by every backend, so a
+    request is refused the same way wherever the model runs."""
+
+    def __init__(self, name: str, version: str, signature: ModelSignature) -> None:
+        self._ref = f"{name}:{version}"
+        self._dtypes = {s.name: from_oip(s.datatype).dtype for s in signature.inputs}
+        self._text_inputs = [s.name for s in signature.inputs if s.datatype == "BYTES"]
+
+    def __call__(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if inputs.keys() != self._dtypes.keys():
             raise CodecError(
-                f"model {self.name}:{self.version} takes inputs {list(self._dtypes)}, "
-                f"got {list(inputs)}"
+                f"model {self._ref} takes inputs {list(self._dtypes)}, got {list(inputs)}"
             )
         for name, dtype in self._dtypes.items():
             array = inputs[name]
@@ -319,14 +363,20 @@ class OrtModel:
             inputs = dict(inputs)
             for name in self._text_inputs:
                 inputs[name] = _to_text(inputs[name], name)
-        return await self._batcher.submit(inputs)
+        return inputs
 
-    async def close(self) -> None:
-        await self._batcher.close()
-        self._session = None  # frees the session (and its device memory) now
 
-    def _run(self, feed: dict[str, Tensor]) -> dict[str, Tensor]:
-        results = self._session.run(self._output_names, feed)
+class SessionRunner:
+    """``run(feed) -> every output`` on one onnxruntime session (BYTES outputs as bytes):
+    the function a ``Batcher`` calls, in this process or inside a Ray actor."""
+
+    def __init__(self, session: Any, signature: ModelSignature) -> None:
+        self.session = session
+        self._output_names = [s.name for s in signature.outputs]
+        self._text_outputs = [s.name for s in signature.outputs if s.datatype == "BYTES"]
+
+    def __call__(self, feed: dict[str, Tensor]) -> dict[str, Tensor]:
+        results = self.session.run(self._output_names, feed)
         outputs = dict(zip(self._output_names, results, strict=True))
         for name in self._text_outputs:
             outputs[name] = _to_bytes(outputs[name])

@@ -175,7 +175,8 @@ def run_batch(
     if done < source.rows:
         chunks = source.chunks(done, settings.chunk_rows)
         results = (_run_ray(model, chunks, settings, config.runtime, ray_config)
-                   if ray_config.enabled else _run_here(model, chunks, settings, config.runtime))
+                   if ray_config.enabled
+                   else _run_here(model, chunks, settings, config.runtime, summary))
         for first, inputs, outputs in results:
             rows = next(iter(inputs.values())).shape[0]
             index = len(out.manifest.chunks)
@@ -196,7 +197,7 @@ def run_batch(
 
 
 def _run_here(model: _Model, chunks: Iterator[tuple[int, dict[str, Tensor]]],
-              settings: BatchSettings, runtime: RuntimeConfig,
+              settings: BatchSettings, runtime: RuntimeConfig, facts: dict[str, Any],
               ) -> Iterator[tuple[int, dict[str, Tensor], dict[str, Tensor]]]:
     """In this process: the session the daemon would open (same provider choice and
     ``[runtime]`` settings), batch by batch."""
@@ -205,7 +206,7 @@ def _run_here(model: _Model, chunks: Iterator[tuple[int, dict[str, Tensor]]],
     from models.signature import signature_of_session
 
     backend = OrtBackend(runtime)
-    session, _provider = backend._open(model.name, model.version, model.path)
+    session, facts["provider"] = backend._open(model.name, model.version, model.path)
     if signature_of_session(session) != model.signature:
         raise InvalidModel(f"model {model.name}:{model.version} does not match its manifest; "
                            "add the model again")
@@ -229,13 +230,23 @@ def _run_ray(model: _Model, chunks: Iterator[tuple[int, dict[str, Tensor]]],
 
     ray = _ray_driver.import_ray()
     driver = _ray_driver.driver()
+    job = object()  # owns the connection if this job starts it: shut down when done
     try:
         driver.connect(ray_config.address,
                        _ray_driver.init_kwargs(ray_config.address, ray_config.num_cpus,
                                                ray_config.namespace, ray_config.ship_code),
-                       ray_config.connect_timeout_s)
+                       ray_config.connect_timeout_s, owner=job)
     except _ray_driver.RayDown as exc:
         raise BatchError(f"{exc}; run in-process with --ray off, or start Ray") from None
+    try:
+        yield from _ray_data(ray, model, chunks, settings, runtime, ray_config)
+    finally:
+        driver.release(job, ray_config.connect_timeout_s)
+
+
+def _ray_data(ray: Any, model: _Model, chunks: Iterator[tuple[int, dict[str, Tensor]]],
+              settings: BatchSettings, runtime: RuntimeConfig, ray_config: RayConfig,
+              ) -> Iterator[tuple[int, dict[str, Tensor], dict[str, Tensor]]]:
     import pyarrow as pa
     from ray.data.extensions import ArrowTensorArray
 
@@ -410,7 +421,12 @@ def _entry(record: Callable[..., Any], payload: dict[str, Any],
            policy_version: int | None) -> Any:
     """The audit entry of one chunk; ValueError if the payload is malformed."""
     try:
-        name, version = str(payload["model"]), str(payload["version"])
+        texts = {k: payload[k] for k in ("model", "version", "data_class", "job",
+                                         "input_sha256")}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise ValueError(f"model, version, data_class, job and input_sha256 must be "
+                             f"strings, got {texts}")
+        name, version = texts["model"], texts["version"]
         validate_name(name)
         validate_version(version)
         ints = {k: payload[k] for k in ("chunk", "start", "rows")}
@@ -420,9 +436,9 @@ def _entry(record: Callable[..., Any], payload: dict[str, Any],
             raise ValueError(f"engine must be one of {ENGINES}")
         return record(
             "infer", model=name, version=version, caller="batch",
-            data_class=str(payload["data_class"])[:64], outcome="ok",
-            input_sha256=str(payload["input_sha256"]), policy_version=policy_version,
-            detail={**ints, "job": str(payload["job"])[:32], "engine": payload["engine"]},
+            data_class=texts["data_class"][:64], outcome="ok",
+            input_sha256=texts["input_sha256"], policy_version=policy_version,
+            detail={**ints, "job": texts["job"][:32], "engine": payload["engine"]},
         )
     except KeyError as exc:
         raise ValueError(f"batch audit entry lacks {exc}") from None

@@ -23,6 +23,7 @@ from typing import Any
 
 import tomli_w
 
+from models.ray_backend import RayConfig
 from models.runtime import RuntimeConfig
 
 CONFIG_FILE = "outpost.toml"
@@ -261,6 +262,7 @@ class Config:
     federation: FederationSection = field(default_factory=FederationSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     placement: PlacementSection = field(default_factory=PlacementSection)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -276,6 +278,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "federation": FederationSection,
     "discovery": DiscoverySection,
     "placement": PlacementSection,
+    "ray": RayConfig,
 }
 
 

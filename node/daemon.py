@@ -32,8 +32,8 @@ from federation.canonical import b64encode
 from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
-from models import OrtBackend
-from node import control, sync
+from models import create_backend
+from node import batch, control, sync
 from node.admin import AdminApp, audit_query
 from node.app import AppState, OipApp
 from node.audit import AuditError, AuditLog, AuditReader
@@ -201,6 +201,7 @@ class Daemon:
             "equivocations": [
                 {"origin": e.origin, "size": e.size} for e in self.cluster.equivocations
             ] if self.cluster else [],
+            "runtime": self.host.backend.describe() if self.host.backend else None,
             "models": [
                 {
                     "name": s.record.name,
@@ -266,6 +267,8 @@ class Daemon:
         if self.router is not None:
             await self.router.close()
         await self.host.close()
+        if self.host.backend is not None:
+            await self.host.backend.close()
         await self.audit.append(self.audit.record("node.stop", caller="daemon"))
         await self.audit.close()
         await self.store.close()
@@ -363,7 +366,10 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             (s.record.name, s.record.version, s.model.queue_depth)
             for s in (host_ref[0].served() if host_ref else [])
         ))
-        backend = OrtBackend(config.runtime, observer=metrics.observe_batch)
+        # In-process onnxruntime, or Ray actor pools when [ray] address is set (Ray is
+        # imported only then).
+        backend = create_backend(config.runtime, config.ray, observer=metrics.observe_batch)
+        cleanup.append(backend.close)
         host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes,
                          backend=backend, audit=audit)
         host_ref.append(host)
@@ -374,6 +380,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             server_version=server_version(),
             max_body_bytes=config.node.max_body_bytes,
             default_data_class=config.node.default_data_class,
+            health=backend.health,  # /v2/health/ready shows degraded + reason
         )
         app_sock = bind_tcp(config.node.listen, key="node.listen")
         admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
@@ -396,6 +403,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
 
         admin.route("GET", "/peers", peers)
         admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(daemon))
+        admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(daemon))
 
         async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
             return 200, await explain(daemon, payload["data_class"], payload.get("jurisdiction"),

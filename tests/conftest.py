@@ -65,10 +65,12 @@ class DaemonProc:
         return self.proc.returncode
 
 
-def start_daemon(data_dir: Path, *extra: str, timeout: float = 90.0) -> DaemonProc:
-    """Start `outpost run` on a free loopback port and wait until it reports ready."""
-    argv = [*OUTPOST, "run", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0",
-            "--peer-listen", "127.0.0.1:0", *extra]
+def start_daemon(data_dir: Path, *extra: str, timeout: float = 90.0,
+                 module: str = "cli.main") -> DaemonProc:
+    """Start `outpost run` on a free loopback port and wait until it reports ready
+    (``module``: another entry point that wraps the CLI, e.g. to patch the daemon)."""
+    argv = [sys.executable, "-m", module, "run", "--data-dir", str(data_dir),
+            "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", *extra]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     daemon = DaemonProc(data_dir, proc)
@@ -140,6 +142,38 @@ def fed(tmp_path: Path) -> Iterator[Fed]:
 @pytest.fixture(scope="session")
 def sample_digits() -> dict[str, object]:
     return json.loads((ROOT / "models" / "sample" / "digits.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[object]:
+    """One local Ray for the whole session (2 CPUs), started on first use, through the same
+    connection owner the backends use (so they adopt it); shut down at the end. Tests that
+    stop Ray must see it back up before they finish (``ray_up`` restarts it otherwise)."""
+    from models import _ray_driver
+
+    ray = _ray_driver.import_ray()
+    _ray_connect()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_up(ray_session: object) -> object:
+    """``ray_session``, connected again if an earlier test stopped it."""
+    _ray_connect()
+    return ray_session
+
+
+def _ray_connect() -> None:
+    from models import _ray_driver
+
+    _ray_driver.driver().connect(
+        "local", _ray_driver.init_kwargs("local", RAY_CPUS, "outpost-tests", ship_code=False),
+        timeout=120,
+    )
+
+
+RAY_CPUS = 2
 
 
 from tests.fedharness import Fed  # noqa: E402  (after the helpers it imports)
