@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from cli import _output as out
+from cli._options import data_dir_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,26 +33,13 @@ def _default(field: str) -> Callable[[], int]:
     return read
 
 
-def _data_dir_option(fn: F) -> F:
-    from node.config import default_data_dir
-
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=default_data_dir,
-        envvar="OUTPOST_DATA_DIR",
-        show_default="$OUTPOST_DATA_DIR or ~/.local/share/outpost",
-        help="The node's data directory.",
-    )(fn)
-
-
 @click.group()
 def batch() -> None:
     """Offline batch inference over files, with the node's models."""
 
 
 @batch.command("run")
-@_data_dir_option
+@data_dir_option
 @click.argument("model")
 @click.option("--input", "input_path", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),

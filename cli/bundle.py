@@ -16,29 +16,13 @@ from typing import Any, TypeVar
 import click
 
 from cli import _output as out
+from cli._options import data_dir_option, json_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Exit status of an import that merged what it could but refused a log (conflict or gap)
 #: or a model (another model under the same name:version). 1 means nothing was imported.
 EXIT_PARTIAL = 4
-
-
-def _data_dir_option(fn: F) -> F:
-    from node.config import default_data_dir
-
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=default_data_dir,
-        envvar="OUTPOST_DATA_DIR",
-        show_default="$OUTPOST_DATA_DIR or ~/.local/share/outpost",
-        help="The node's data directory.",
-    )(fn)
-
-
-def _json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
 
 
 def _since(values: tuple[str, ...]) -> dict[str, int]:
@@ -60,14 +44,14 @@ def bundle() -> None:
 
 
 @bundle.command("export")
-@_data_dir_option
+@data_dir_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The bundle file to write.")
 @click.option("--since", "since", multiple=True, metavar="ORIGIN=SIZE",
               help="The receiver holds this log up to SIZE: carry only what follows "
                    "(ORIGIN as `outpost/FED/NODE` or just NODE); repeatable.")
 @click.option("--models", "include_models", is_flag=True, help="Carry this node's models too.")
-@_json_option
+@json_option
 def export(data_dir: Path, output: Path, since: tuple[str, ...], include_models: bool,
            as_json: bool) -> None:
     """Write a signed sync bundle: this node's log, the logs it holds for other nodes, the
@@ -96,9 +80,9 @@ def export(data_dir: Path, output: Path, since: tuple[str, ...], include_models:
 
 
 @bundle.command("import")
-@_data_dir_option
+@data_dir_option
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@_json_option
+@json_option
 def import_(data_dir: Path, file: Path, as_json: bool) -> None:
     """Verify a sync bundle whole against this node's federation and merge what is new.
 

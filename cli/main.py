@@ -16,26 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from cli import _output as out
+from cli._options import data_dir_option, json_option
 from node.config import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def data_dir_option(fn: F) -> F:
-    from node.config import default_data_dir
-
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=default_data_dir,
-        envvar="OUTPOST_DATA_DIR",
-        show_default="$OUTPOST_DATA_DIR or ~/.local/share/outpost",
-        help="The node's data directory.",
-    )(fn)
-
-
-def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models._ray_model import RayFailure, RayModel, plan_replicas
+from models._validate import check, check_int, check_num
 from models.batcher import Observer
 from models.errors import InvalidConfig, InvalidModel, ModelError
 from models.names import validate_name, validate_version
@@ -148,38 +149,38 @@ class RayConfig:
     job (runtime_env py_modules), so worker machines need only numpy and onnxruntime."""
 
     def __post_init__(self) -> None:
-        _check(
+        check(_SECTION,
             self.address == "" or bool(_ADDRESS.match(self.address)),
             "address",
             '"" (off), "local", "auto", "ray://HOST:PORT" or "HOST:PORT"',
             self.address,
         )
-        _check_int(self.num_cpus, "num_cpus", 0, 4096)
-        _check_int(self.min_replicas, "min_replicas", 1, 1024)
-        _check_int(self.max_replicas, "max_replicas", 1, 1024)
-        _check(
+        check_int(_SECTION, self.num_cpus, "num_cpus", 0, 4096)
+        check_int(_SECTION, self.min_replicas, "min_replicas", 1, 1024)
+        check_int(_SECTION, self.max_replicas, "max_replicas", 1, 1024)
+        check(_SECTION,
             self.max_replicas >= self.min_replicas,
             "max_replicas",
             f"at least min_replicas ({self.min_replicas})",
             self.max_replicas,
         )
-        _check_num(self.num_cpus_per_replica, "num_cpus_per_replica", 0.01, 1024.0)
-        _check_num(self.num_gpus_per_replica, "num_gpus_per_replica", 0.0, 64.0)
-        _check_int(self.scale_up_queue, "scale_up_queue", 1, 1_000_000)
-        _check_num(self.scale_down_after_s, "scale_down_after_s", 0.0, 86400.0)
-        _check_int(self.inflight_per_replica, "inflight_per_replica", 1, 64)
-        _check_num(self.call_timeout_s, "call_timeout_s", 0.1, 3600.0)
-        _check_num(self.connect_timeout_s, "connect_timeout_s", 0.1, 600.0)
-        _check_num(self.replica_start_timeout_s, "replica_start_timeout_s", 1.0, 3600.0)
-        _check_num(self.reconnect_interval_s, "reconnect_interval_s", 0.1, 86400.0)
-        _check(type(self.fallback) is bool, "fallback", "true or false", self.fallback)
-        _check(
+        check_num(_SECTION, self.num_cpus_per_replica, "num_cpus_per_replica", 0.01, 1024.0)
+        check_num(_SECTION, self.num_gpus_per_replica, "num_gpus_per_replica", 0.0, 64.0)
+        check_int(_SECTION, self.scale_up_queue, "scale_up_queue", 1, 1_000_000)
+        check_num(_SECTION, self.scale_down_after_s, "scale_down_after_s", 0.0, 86400.0)
+        check_int(_SECTION, self.inflight_per_replica, "inflight_per_replica", 1, 64)
+        check_num(_SECTION, self.call_timeout_s, "call_timeout_s", 0.1, 3600.0)
+        check_num(_SECTION, self.connect_timeout_s, "connect_timeout_s", 0.1, 600.0)
+        check_num(_SECTION, self.replica_start_timeout_s, "replica_start_timeout_s", 1.0, 3600.0)
+        check_num(_SECTION, self.reconnect_interval_s, "reconnect_interval_s", 0.1, 86400.0)
+        check(_SECTION, type(self.fallback) is bool, "fallback", "true or false", self.fallback)
+        check(_SECTION,
             bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", str(self.namespace))),
             "namespace",
             "1-64 characters A-Z a-z 0-9 _ . -",
             self.namespace,
         )
-        _check(type(self.ship_code) is bool, "ship_code", "true or false", self.ship_code)
+        check(_SECTION, type(self.ship_code) is bool, "ship_code", "true or false", self.ship_code)
 
     @property
     def enabled(self) -> bool:
@@ -189,21 +190,6 @@ class RayConfig:
     def single_machine(cls) -> RayConfig:
         """An in-process Ray on this machine: replicas of one CPU each, at most two."""
         return cls(address="local")
-
-
-def _check(ok: bool, field: str, allowed: str, value: object) -> None:
-    if not ok:
-        raise InvalidConfig(f"{_SECTION}.{field} must be {allowed}, got {value!r}")
-
-
-def _check_int(value: object, field: str, low: int, high: int) -> None:
-    ok = type(value) is int and low <= value <= high
-    _check(ok, field, f"an integer from {low} to {high}", value)
-
-
-def _check_num(value: object, field: str, low: float, high: float) -> None:
-    ok = type(value) in (int, float) and low <= value <= high  # type: ignore[operator]
-    _check(ok, field, f"a number from {low:g} to {high:g}", value)
 
 
 def create_backend(

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from models._validate import check, check_int, check_num
 from models.batcher import Batcher, Observer
 from models.datatypes import from_oip
-from models.errors import CodecError, InvalidConfig, InvalidModel
+from models.errors import CodecError, InvalidModel
 from models.names import validate_name, validate_version
 from models.signature import ModelSignature, signature_of_session
 
@@ -94,12 +95,12 @@ class RuntimeConfig:
     Shorter retries sooner but adds load while the node is saturated."""
 
     def __post_init__(self) -> None:
-        _check(self.providers in ("auto", "cpu"), "providers", '"auto" or "cpu"', self.providers)
-        _check_int(self.max_batch_size, "max_batch_size", 1, 4096)
-        _check_num(self.max_batch_delay_ms, "max_batch_delay_ms", 0.0, 1000.0)
-        _check_int(self.max_queue, "max_queue", 1, 1_000_000)
-        _check_int(self.intra_op_threads, "intra_op_threads", 0, 256)
-        _check_num(self.retry_after_s, "retry_after_s", 0.001, 3600.0)
+        check(_SECTION, self.providers in ("auto", "cpu"), "providers", '"auto" or "cpu"', self.providers)
+        check_int(_SECTION, self.max_batch_size, "max_batch_size", 1, 4096)
+        check_num(_SECTION, self.max_batch_delay_ms, "max_batch_delay_ms", 0.0, 1000.0)
+        check_int(_SECTION, self.max_queue, "max_queue", 1, 1_000_000)
+        check_int(_SECTION, self.intra_op_threads, "intra_op_threads", 0, 256)
+        check_num(_SECTION, self.retry_after_s, "retry_after_s", 0.001, 3600.0)
 
     @classmethod
     def low_latency(cls) -> RuntimeConfig:
@@ -110,21 +111,6 @@ class RuntimeConfig:
     def throughput(cls) -> RuntimeConfig:
         """For heavily loaded nodes: wait up to 2 ms to fill batches of up to 64 rows."""
         return cls(max_batch_size=64, max_batch_delay_ms=2.0, max_queue=1024)
-
-
-def _check(ok: bool, field: str, allowed: str, value: object) -> None:
-    if not ok:
-        raise InvalidConfig(f"{_SECTION}.{field} must be {allowed}, got {value!r}")
-
-
-def _check_int(value: object, field: str, low: int, high: int) -> None:
-    ok = type(value) is int and low <= value <= high
-    _check(ok, field, f"an integer from {low} to {high}", value)
-
-
-def _check_num(value: object, field: str, low: float, high: float) -> None:
-    ok = type(value) in (int, float) and low <= value <= high  # type: ignore[operator]
-    _check(ok, field, f"a number from {low:g} to {high:g}", value)
 
 
 class LoadedModel(Protocol):

@@ -18,7 +18,7 @@ from federation.identity import NodeIdentity, read_revocation_list
 from federation.policy_engine import DataAttrs, NodeAttrs
 from node.audit import AuditReader
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
-from node.enrollment import revocations
+from node.enrollment import Applied, revocations
 from node.forward import Call, peek_parameters
 from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_response
 from node.store import get_doc, put_doc
@@ -178,12 +178,8 @@ async def _persist_document(daemon: Daemon, kind: str, version: int, body: bytes
         daemon.use_policy(version)
     if kind == "revocation" and daemon.router is not None:
         await daemon.router.reset_client()
-    fields: dict[str, Any] = {"caller": f"gossip:{source}" if source else "gossip",
-                              "reason": f"{kind} v{version} received by gossip"}
-    if kind == "policy":
-        fields["policy_version"] = version
-    else:
-        fields["detail"] = {"version": version}
+    fields = Applied(kind, version, f"{kind} v{version} received by gossip").audit_fields()
+    fields["caller"] = f"gossip:{source}" if source else "gossip"
     await daemon.audit.append(daemon.audit.record(f"{kind}.apply", **fields))
     log.info("%s v%d received by gossip and applied", kind, version)
 

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from models import SAMPLE_MODEL
+from models.datatypes import from_oip
 from node import config as cfg
 from node import control
 from node.audit import AuditLog
@@ -229,11 +230,6 @@ def _load_inputs(text: str) -> Any:
         ) from None
 
 
-_NP_TO_OIP = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "INT64",
-              "int32": "INT32", "int16": "INT16", "int8": "INT8", "uint8": "UINT8",
-              "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64", "bool": "BOOL"}
-
-
 def infer(data_dir: Path, name: str, input_text: str, version: str | None,
           data_class: str | None, jurisdiction: str | None) -> dict[str, Any]:
     info = control.read_runtime(data_dir)
@@ -263,7 +259,7 @@ def infer(data_dir: Path, name: str, input_text: str, version: str | None,
                 array = np.asarray(raw[spec["name"]])
                 datatype = spec["datatype"]
                 if datatype != "BYTES":
-                    array = array.astype(_oip_numpy(datatype))
+                    array = array.astype(from_oip(datatype).dtype)
                 inputs.append({"name": spec["name"], "datatype": datatype,
                                "shape": list(array.shape), "data": array.flatten().tolist()})
             body = {"inputs": inputs}
@@ -278,11 +274,3 @@ def infer(data_dir: Path, name: str, input_text: str, version: str | None,
     if response.status_code != 200:
         raise DaemonError(data.get("error", response.text), response.status_code)
     return data
-
-
-def _oip_numpy(datatype: str) -> str:
-    for np_name, oip in _NP_TO_OIP.items():
-        if oip == datatype:
-            return np_name
-    return "float32"
-

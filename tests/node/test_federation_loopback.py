@@ -65,9 +65,13 @@ def test_killed_node_is_detected_dead_and_revoked_node_is_cut_off(fed: Fed) -> N
     outpost("apply", str(crl), data_dir=fed.dirs["node-a"])
     eventually(lambda: peers(fed.dirs["node-b"])["node-c"]["state"] in ("suspect", "dead"),
                timeout=45, what="revoked node-c no longer alive at node-b")
-    with fed.procs["node-b"].http() as http:
-        metrics = http.get("/metrics").text
-    assert 'outpost_gossip_dropped_total{reason="unknown_sender"}' in metrics
+
+    def dropped() -> bool:
+        with fed.procs["node-b"].http() as http:
+            metrics = http.get("/metrics").text
+        return 'outpost_gossip_dropped_total{reason="unknown_sender"}' in metrics
+
+    eventually(dropped, what="node-b drops the revoked node's datagrams")
 
 
 def test_forged_replayed_and_oversized_datagrams_are_dropped_and_counted(fed: Fed) -> None:
