@@ -3,14 +3,33 @@
 The math (entries, RFC 9162 hashing, compact ranges, checkpoints, verification) is in
 ``federation``; this module stores it in the node's SQLite database as ``federation.audit``
 describes, and owns one thing more: **durability before acknowledgement**. ``append`` returns
-only after the transaction holding the entry, its Merkle nodes and a freshly signed head
-checkpoint has committed (``synchronous=FULL``). Concurrent appends are batched into one
+only after the transaction holding the entry and its Merkle nodes has committed
+(``synchronous=FULL``: the WAL is fsynced). Concurrent appends are batched into one
 transaction (group commit), which is what makes thousands of durable appends per second
 possible on one fsync per batch.
 
-A ``kill -9`` at any moment either loses a whole uncommitted batch (whose callers were never
-answered) or nothing; entries, nodes and head are in one transaction, so the stored log always
-verifies.
+The signed head is not on that path. A checkpoint is a pure function of the durable entries:
+the root at a size is fixed by them, and Ed25519 signatures are deterministic, so a head
+signed later — or again after a crash — is byte-identical. The writer signs and stores the
+head once it is idle for ``HEAD_IDLE_S``, at least every ``HEAD_MAX_LAG_S`` under load, at
+once when the retention cadence is due, and on close; ``checkpoint()`` signs the current size
+on demand, and readers from :meth:`AuditLog.reader` store it first. Theory of operation::
+
+    event loop                                  writer thread (own sqlite3 connection)
+    ----------                                  ------------------------------------
+    append_bytes(entry)                         wait for entries (or a head to write)
+      queue (entry, future), notify             take up to max_group entries
+      await future                              leaf hashes + Merkle nodes, one transaction,
+                                                  COMMIT + fsync
+    _committed(): publish the new size,   <--   call_soon_threadsafe
+      answer every caller of the group          idle / lagging / cadence due / asked:
+                                                  sign head, store it (no fsync of its own:
+                                                  the next group's fsync or close covers it)
+
+A ``kill -9`` at any moment either loses a whole uncommitted group (whose callers were never
+answered) or nothing. Entries and their nodes are in one transaction, so the stored log always
+verifies; a head older than the entries is healed when the log is opened again (entries after
+the newest signed head verify against their stored leaf hashes meanwhile).
 """
 
 from __future__ import annotations
@@ -19,12 +38,13 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from federation.audit import AuditEntry, VerifyReport, log_origin, verify_log
 from federation.merkle import (
@@ -44,7 +64,11 @@ from node.store import Store
 
 log = logging.getLogger("outpost.audit")
 
-T = TypeVar("T")
+HEAD_IDLE_S = 0.002
+"""Store the signed head once no entry arrived for this long after a commit."""
+HEAD_MAX_LAG_S = 0.05
+"""Under sustained load, store a signed head at least this often."""
+
 
 class AuditError(RuntimeError):
     """The audit log cannot append or answer; the message names the fix."""
@@ -57,36 +81,51 @@ def now_rfc3339() -> str:
 
 
 @dataclass
-class _Pending:
-    entry: bytes
-    future: asyncio.Future[int]
+class _Committed:
+    """What the writer hands back to the loop for one group."""
+
+    first: int
+    cr: CompactRange
+    futures: list[asyncio.Future[int]]
+    error: BaseException | None = None
 
 
 class AuditLog:
     """One node's log. Create with :meth:`open`; close with :meth:`close`.
 
-    Appends queue on the event loop; one writer thread with its own SQLite connection takes
-    them in groups and does everything else off the loop — leaf hashes, Merkle nodes, the
-    signed head, the transaction and its fsync — then the loop answers the callers.
+    Appends queue under a lock; one writer thread with its own SQLite connection takes them in
+    groups and does everything else off the loop — leaf hashes, Merkle nodes, the transaction
+    and its fsync, and later the signed head — then the loop answers the callers.
     """
 
     def __init__(self, store: Store, signer: Signer, config: AuditSection,
-                 verifiers: list[Verifier], cr: CompactRange, head: str | None,
+                 verifiers: list[Verifier], cr: CompactRange, head_size: int,
                  last_retained: int, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.signer = signer
         self.config = config
         self.verifiers = verifiers
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        # Loop side: the committed frontier callers have been answered for; a signed-note cache.
         self._cr = cr
-        self._head = head
+        self._note: tuple[int, str] | None = None
+        self._head_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # Shared, under _cond: appends waiting for the writer, flags.
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[bytes, asyncio.Future[int]]] = deque()
+        self._head_wanted = False
+        self._closing = False
+        # Writer thread only.
+        self._wcr = cr
+        self._stored_head = head_size
+        self._last_commit = time.monotonic()
+        self._last_head = time.monotonic()
+        self._head_retry_at = 0.0  # after a failed head write, wait before trying again
         self._last_retained_size = last_retained
         self._last_retained_at = clock()
-        self._clock = clock
-        self._pending: list[_Pending] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         self._db: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
         self._closed = False
         self.appended = 0  # entries committed by this process (for metrics)
         self.commits = 0
@@ -101,48 +140,46 @@ class AuditLog:
         verifiers = [Signer(log_origin(node_id, None), key).verifier]
         if federation:
             verifiers.append(signer.verifier)
-        async with store.conn.execute("SELECT size, note FROM audit_head WHERE id = 0") as cur:
+        async with store.conn.execute("SELECT size FROM audit_head WHERE id = 0") as cur:
             row = await cur.fetchone()
-        size, head = (int(row[0]), str(row[1])) if row else (0, None)
+        head_size = int(row[0]) if row else 0
+        async with store.conn.execute("SELECT MAX(seq) FROM audit_entry") as cur:
+            row = await cur.fetchone()
+        entries = int(row[0]) + 1 if row and row[0] is not None else 0
+        # Entries past the stored head: the daemon stopped before it stored a newer head
+        # (their nodes were committed with them). The writer signs and stores it shortly.
+        size = max(head_size, entries)
         wanted = CompactRange.nodes_for(size)
         hashes = await _fetch_nodes(store, wanted)
         missing = [n for n in wanted if n not in hashes]
         if missing:
             raise AuditError(
                 f"audit log in {store.path} is damaged: {len(missing)} Merkle nodes of the "
-                f"head (size {size}) are missing; run `outpost audit verify` to locate the damage"
+                f"tree of size {size} are missing; run `outpost audit verify` to locate the "
+                "damage"
             )
         cr = CompactRange(size, [hashes[n] for n in wanted])
         async with store.conn.execute("SELECT MAX(size) FROM audit_checkpoint") as cur:
             last = await cur.fetchone()
-        audit = cls(store, signer, config, verifiers, cr, head,
+        audit = cls(store, signer, config, verifiers, cr, head_size,
                     int(last[0]) if last and last[0] is not None else 0)
-        await audit._run(audit._connect)
-        audit._writer = asyncio.create_task(audit._write_loop(), name="audit-writer")
+        ready: asyncio.Future[None] = audit._loop.create_future()
+        audit._thread = threading.Thread(target=audit._writer, args=(ready,),
+                                         name="audit-writer", daemon=True)
+        audit._thread.start()
+        await ready
         return audit
 
-    def _connect(self) -> None:
-        db = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        self._db = db
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
     async def close(self) -> None:
-        """Commit everything pending, retain a final checkpoint, stop the writer."""
+        """Commit everything pending, store the final head (fsynced), stop the writer."""
         if self._closed:
             return
         self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer
-        if self._cr.size > self._last_retained_size and self._head is not None:
-            await self._run(self._retain_sync, self._cr.size, self._head)
-        if self._db is not None:
-            await self._run(self._db.close)
-        self._thread.shutdown(wait=True)
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
 
     @property
     def origin(self) -> str:
@@ -150,6 +187,7 @@ class AuditLog:
 
     @property
     def size(self) -> int:
+        """Entries committed (and answered for)."""
         return self._cr.size
 
     # -- appending ---------------------------------------------------------------------------
@@ -158,108 +196,226 @@ class AuditLog:
         """Append ``entry``; returns its index once it is durable."""
         return await self.append_bytes(entry.to_bytes())
 
-    async def append_bytes(self, entry: bytes) -> int:
+    def append_bytes(self, entry: bytes) -> Awaitable[int]:
+        """Queue ``entry`` now (so the order of calls is the order in the log); the awaitable
+        resolves to its index once it is durable."""
         if self._closed:
             raise AuditError("audit log is closed (daemon stopping); retry on the next start")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(entry, future))
-        self._wake.set()
-        return await future
+        future: asyncio.Future[int] = self._loop.create_future()
+        with self._cond:
+            self._queue.append((entry, future))
+            self._cond.notify()
+        return future
 
     def record(self, kind: str, **fields: Any) -> AuditEntry:
         """Build an entry of ``kind`` stamped now (helper for callers)."""
         return AuditEntry(time=now_rfc3339(), kind=kind, **fields)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[: self.config.max_group]
-                del self._pending[: len(batch)]
-                try:
-                    first = await self._run(self._commit_sync, [p.entry for p in batch])
-                except BaseException as exc:
-                    log.exception("audit commit of %d entries failed", len(batch))
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(AuditError(
-                                f"audit append failed ({exc}); the entry was not recorded — "
-                                "check disk space and the daemon log"
-                            ))
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                self.appended += len(batch)
-                self.commits += 1
-                for i, p in enumerate(batch):
-                    if not p.future.done():
-                        p.future.set_result(first + i)
-            if self._closed and not self._pending:
+    def _committed(self, done: _Committed) -> None:
+        """On the loop: publish a committed group and answer its callers."""
+        if done.error is not None:
+            for future in done.futures:
+                if not future.done():
+                    future.set_exception(AuditError(
+                        f"audit append failed ({done.error}); the entry was not recorded — "
+                        "check disk space and the daemon log"
+                    ))
+            return
+        self._cr = done.cr
+        self.appended += len(done.futures)
+        self.commits += 1
+        for i, future in enumerate(done.futures):
+            if not future.done():  # the caller went away; the entry is recorded all the same
+                future.set_result(done.first + i)
+
+    # -- the signed head ---------------------------------------------------------------------
+
+    def checkpoint(self) -> str | None:
+        """The signed checkpoint of every committed entry (signed here when newer than the
+        cached one; identical to the one the writer stores for that size)."""
+        cr = self._cr
+        if cr.size == 0:
+            return None
+        if self._note is None or self._note[0] != cr.size:
+            self._note = (cr.size, Checkpoint(self.origin, cr.size, cr.root()).sign([self.signer]))
+        return self._note[1]
+
+    async def store_head(self) -> None:
+        """Return once the stored head covers every entry answered so far."""
+        size = self._cr.size
+        if self._closed:
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        with self._cond:
+            if self._stored_head >= size:
                 return
+            self._head_waiters.append((size, future))
+            self._head_wanted = True
+            self._cond.notify()
+        await future
 
-    def _commit_sync(self, entries: list[bytes]) -> int:
-        """On the writer thread: one transaction holding the entries, their Merkle nodes and
-        a newly signed head; the shared state changes only after COMMIT returned."""
-        assert self._db is not None
-        cr = self._cr.copy()
-        first = cr.size
-        nodes: list[tuple[int, bytes]] = []
-        for entry in entries:
-            nodes.extend((n.key, n.hash) for n in cr.append(leaf_hash(entry)))
-        head = Checkpoint(self.origin, cr.size, cr.root()).sign([self.signer])
-        retain = self._due(cr.size)
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    def reader(self) -> AuditReader:
+        """A reader over this log whose head queries first store the current head."""
+        return AuditReader(self.store, self.verifiers, before_head=self.store_head)
+
+    async def tick(self) -> None:
+        """Let the writer retain a checkpoint when ``checkpoint_every_s`` passed."""
+        with self._cond:
+            self._cond.notify()
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _writer(self, ready: asyncio.Future[None]) -> None:
         try:
-            db.executemany("INSERT INTO audit_entry(seq, entry) VALUES(?, ?)",
-                           [(first + i, e) for i, e in enumerate(entries)])
-            db.executemany("INSERT INTO audit_node(id, hash) VALUES(?, ?)", nodes)
-            db.execute(
-                "INSERT INTO audit_head(id, size, note) VALUES(0, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET size=excluded.size, note=excluded.note",
-                (cr.size, head),
-            )
-            if retain:
-                db.execute(
-                    "INSERT OR REPLACE INTO audit_checkpoint(size, note, created) VALUES(?,?,?)",
-                    (cr.size, head, self._clock()),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                db.execute("ROLLBACK")
-            raise
-        self._cr, self._head = cr, head
-        if retain:
-            self._last_retained_size, self._last_retained_at = cr.size, self._clock()
-        return first
+            db = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.Error as exc:
+            self._loop.call_soon_threadsafe(_settle, ready, AuditError(
+                f"cannot open the audit log in {self.store.path}: {exc}; check permissions"))
+            return
+        self._db = db
+        self._loop.call_soon_threadsafe(_settle, ready, None)
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing and not self._head_due():
+                        self._cond.wait(self._head_wait())
+                    batch = [self._queue.popleft()
+                             for _ in range(min(len(self._queue), self.config.max_group))]
+                    closing = self._closing and not self._queue
+                if batch:
+                    self._commit(batch)
+                if closing:
+                    self._write_head(final=True)
+                    return
+                if self._head_due():
+                    self._write_head(final=False)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
 
-    def _due(self, size: int) -> bool:
+    def _head_wait(self) -> float | None:
+        """Under the lock: how long the writer may sleep before a head is due."""
+        retry = self._head_retry_at - time.monotonic()
+        if retry > 0:
+            return retry
+        if self._stored_head >= self._wcr.size:
+            return max(0.1, self.config.checkpoint_every_s)  # only time-based retention
+        return max(0.0, HEAD_IDLE_S - (time.monotonic() - self._last_commit))
+
+    def _head_due(self) -> bool:
+        size = self._wcr.size
+        now = time.monotonic()
+        if now < self._head_retry_at:
+            return False
+        if self._stored_head >= size:
+            return self._retain_due(size)  # time-based retention of an already-stored head
+        return (self._head_wanted or self._retain_due(size)
+                or now - self._last_commit >= HEAD_IDLE_S
+                or now - self._last_head >= HEAD_MAX_LAG_S)
+
+    def _retain_due(self, size: int) -> bool:
         grown = size - self._last_retained_size
         if grown <= 0:
             return False
         return (grown >= self.config.checkpoint_every_entries
                 or self._clock() - self._last_retained_at >= self.config.checkpoint_every_s)
 
-    def _retain_sync(self, size: int, note: str) -> None:
+    def _commit(self, batch: list[tuple[bytes, asyncio.Future[int]]]) -> None:
+        """One transaction holding the entries and their Merkle nodes; the frontier moves
+        only after COMMIT returned."""
         assert self._db is not None
-        self._db.execute(
-            "INSERT OR REPLACE INTO audit_checkpoint(size, note, created) VALUES(?, ?, ?)",
-            (size, note, self._clock()),
-        )
-        self._last_retained_size, self._last_retained_at = size, self._clock()
+        db = self._db
+        cr = self._wcr.copy()
+        first = cr.size
+        futures = [f for _, f in batch]
+        try:
+            nodes: list[tuple[int, bytes]] = []
+            for entry, _ in batch:
+                nodes.extend((n.key, n.hash) for n in cr.append(leaf_hash(entry)))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO audit_entry(seq, entry) VALUES(?, ?)",
+                               [(first + i, e) for i, (e, _) in enumerate(batch)])
+                db.executemany("INSERT INTO audit_node(id, hash) VALUES(?, ?)", nodes)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    db.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            log.exception("audit commit of %d entries failed", len(batch))
+            self._loop.call_soon_threadsafe(self._committed, _Committed(first, cr, futures, exc))
+            return
+        self._wcr = cr
+        self._last_commit = time.monotonic()
+        self._loop.call_soon_threadsafe(self._committed, _Committed(first, cr, futures))
 
-    async def tick(self) -> None:
-        """Retain a checkpoint when ``checkpoint_every_s`` passed with growth (timer-driven)."""
-        if self._head is not None and not self._closed and self._due(self._cr.size):
-            await self._run(self._retain_sync, self._cr.size, self._head)
+    def _write_head(self, *, final: bool) -> None:
+        """Sign the head of every committed entry and store it (and retain it when due).
+        Not fsynced by itself unless ``final``: a later group's fsync covers it, and a lost
+        head is re-signed identically on the next open."""
+        assert self._db is not None
+        db = self._db
+        cr = self._wcr
+        now = time.monotonic()
+        self._last_head = now
+        with self._cond:
+            self._head_wanted = False
+        if cr.size == 0:
+            self._release_head_waiters(0)
+            return
+        retain = self._retain_due(cr.size) or (final and cr.size > self._last_retained_size)
+        if self._stored_head < cr.size or retain:
+            note = Checkpoint(self.origin, cr.size, cr.root()).sign([self.signer])
+            try:
+                if not final:
+                    db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT INTO audit_head(id, size, note) VALUES(0, ?, ?) ON CONFLICT(id) "
+                        "DO UPDATE SET size=excluded.size, note=excluded.note",
+                        (cr.size, note),
+                    )
+                    if retain:
+                        db.execute("INSERT OR REPLACE INTO audit_checkpoint(size, note, created) "
+                                   "VALUES(?, ?, ?)", (cr.size, note, self._clock()))
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error:
+                log.exception("storing the audit head at size %d failed; retrying in 1 s",
+                              cr.size)
+                self._head_retry_at = now + 1.0
+                return
+            finally:
+                if not final:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA synchronous=FULL")
+            self._stored_head = cr.size
+            if retain:
+                self._last_retained_size, self._last_retained_at = cr.size, self._clock()
+        self._release_head_waiters(cr.size)
 
-    # -- reading -----------------------------------------------------------------------------
+    def _release_head_waiters(self, size: int) -> None:
+        with self._cond:
+            due = [f for s, f in self._head_waiters if s <= size]
+            self._head_waiters = [(s, f) for s, f in self._head_waiters if s > size]
+        for future in due:
+            self._loop.call_soon_threadsafe(_settle, future, None)
 
-    def checkpoint(self) -> str | None:
-        """The newest signed checkpoint (covers every committed entry)."""
-        return self._head
+
+def _settle(future: asyncio.Future[Any], outcome: BaseException | None) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(None)
 
 
 def _blob(value: object) -> bytes:
@@ -290,29 +446,46 @@ async def _fetch_nodes(store: Store, nodes: Iterable[NodeId]) -> dict[NodeId, by
 
 
 class AuditReader:
-    """Queries over a node's stored log; works on a live daemon's database (WAL readers)."""
+    """Queries over a node's stored log; works on a live daemon's database (WAL readers).
 
-    def __init__(self, store: Store, verifiers: list[Verifier]) -> None:
+    ``size()`` counts the committed entries; the stored head may trail them for a few
+    milliseconds on a live log (see the module docstring). A reader made by
+    :meth:`AuditLog.reader` has ``before_head`` set, so head queries first store the current
+    head and always cover every answered entry.
+    """
+
+    def __init__(self, store: Store, verifiers: list[Verifier],
+                 before_head: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
         self.verifiers = verifiers
+        self._before_head = before_head
+
+    async def _head_current(self) -> None:
+        if self._before_head is not None:
+            await self._before_head()
 
     async def size(self) -> int:
         rows = list(await self.store.conn.execute_fetchall(
-            "SELECT size FROM audit_head WHERE id = 0"))
-        return int(rows[0][0]) if rows else 0
+            "SELECT (SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entry), "
+            "(SELECT size FROM audit_head WHERE id = 0)"))
+        entries, head = rows[0] if rows else (0, None)
+        return max(int(entries or 0), int(head or 0))
 
     async def head(self) -> str | None:
+        await self._head_current()
         async with self.store.conn.execute("SELECT note FROM audit_head WHERE id = 0") as cur:
             row = await cur.fetchone()
         return str(row[0]) if row else None
 
     async def checkpoints(self) -> list[tuple[int, str]]:
+        await self._head_current()
         async with self.store.conn.execute(
             "SELECT size, note FROM audit_checkpoint ORDER BY size"
         ) as cur:
             return [(int(s), str(n)) for s, n in await cur.fetchall()]
 
     async def checkpoint_at(self, size: int) -> str | None:
+        await self._head_current()
         async with self.store.conn.execute(
             "SELECT note FROM audit_checkpoint WHERE size = ?", (size,)
         ) as cur:
@@ -339,6 +512,7 @@ class AuditReader:
         return await self.entries(max(0, size - n), size)
 
     async def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
+        await self._head_current()
         current = await self.size()
         size = current if size is None else size
         if not 0 < size <= current:
@@ -350,6 +524,7 @@ class AuditReader:
         return InclusionProof(index, size, found[(0, index)], tuple(plan.assemble(found)))
 
     async def consistency_proof(self, old: int, new: int | None = None) -> ConsistencyProof:
+        await self._head_current()
         current = await self.size()
         new = current if new is None else new
         if not 0 < old <= new <= current:
@@ -374,10 +549,10 @@ class AuditReader:
     async def verify(self) -> VerifyReport:
         """Recompute the whole tree from the stored entries; check every stored checkpoint."""
         checkpoints = await self.checkpoints()
-        head_size = await self.size()
-        head = await self.head()
-        if head is not None:
-            checkpoints.append((head_size, head))
+        async with self.store.conn.execute("SELECT size, note FROM audit_head WHERE id = 0") as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            checkpoints.append((int(row[0]), str(row[1])))
         rows = await self.entries()
         entries = [e for _, e in rows]
         seqs = [s for s, _ in rows]

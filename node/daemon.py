@@ -36,7 +36,7 @@ from models import create_backend
 from node import batch, control, sync
 from node.admin import AdminApp, audit_query
 from node.app import AppState, OipApp
-from node.audit import AuditError, AuditLog, AuditReader
+from node.audit import AuditError, AuditLog
 from node.cluster import Cluster
 from node.config import Config, parse_hostport
 from node.enrollment import (
@@ -284,7 +284,7 @@ _PEER_AUDIT_VIEWS = frozenset({"checkpoint", "checkpoints", "proof", "consistenc
 def _peer_app(daemon: Daemon) -> PeerApp:
     app = PeerApp(lambda route: daemon.metrics.peer_requests.labels(route).inc(),
                   daemon.credentials)
-    reader = AuditReader(daemon.store, daemon.audit.verifiers)
+    reader = daemon.audit.reader()
 
     async def audit_view(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                          rest: str) -> None:
@@ -389,7 +389,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             metrics=metrics, app_state=app_state, lock=lock, started_at=time.time(),
             audit=audit, identity=ident,
         )
-        admin = AdminApp(host, daemon.status, AuditReader(store, audit.verifiers),
+        admin = AdminApp(host, daemon.status, audit.reader(),
                          apply=daemon.apply)
         daemon.admin = admin
         held_policy = await get_doc(store, "policy")

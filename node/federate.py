@@ -16,7 +16,6 @@ from federation.audit import EquivocationEvidence
 from federation.config import ClusterConfig
 from federation.identity import NodeIdentity, read_revocation_list
 from federation.policy_engine import DataAttrs, NodeAttrs
-from node.audit import AuditReader
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.enrollment import Applied, revocations
 from node.forward import Call, peek_parameters
@@ -55,7 +54,7 @@ async def start_federation(daemon: Daemon, key: Any) -> Cluster:
     presets = {"lan": ClusterConfig.lan, "wan": ClusterConfig.wan, "local": ClusterConfig.local}
     address = advertised_address(config.federation.advertise, daemon.peer_listen)
     published: list[tuple[int, str]] = []  # (size, note) of checkpoints we gossiped
-    reader = AuditReader(daemon.store, daemon.audit.verifiers)
+    reader = daemon.audit.reader()
 
     def advert_body() -> dict[str, Any]:
         served = daemon.host.served()
