@@ -149,8 +149,8 @@ class RayModel:
     def replicas(self) -> int:
         return len(self._live)
 
-    async def infer(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return await self._batcher.submit(self._check(inputs))
+    def infer(self, inputs: dict[str, Tensor]) -> asyncio.Future[dict[str, Tensor]]:
+        return self._batcher.submit(self._check(inputs))
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -132,10 +132,11 @@ class LoadedModel(Protocol):
         """Requests accepted and not yet answered; readable from any thread."""
         ...
 
-    async def infer(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Run one request (every input, signature dtypes; BYTES as object arrays of
-        bytes) and return every output. Raises Overloaded, ModelUnavailable,
-        InferenceFailed, or CodecError for inputs that do not fit the model."""
+    def infer(self, inputs: dict[str, Tensor]) -> asyncio.Future[dict[str, Tensor]]:
+        """Check and queue one request (every input, signature dtypes; BYTES as object arrays
+        of bytes) now, on the event loop; the future resolves to every output once it ran.
+        Raises at once CodecError (inputs that do not fit the model), Overloaded or
+        ModelUnavailable; the future fails with InferenceFailed."""
         ...
 
     async def close(self) -> None:
@@ -312,8 +313,8 @@ class OrtModel:
     def queue_depth(self) -> int:
         return self._batcher.queue_depth
 
-    async def infer(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return await self._batcher.submit(self._check(inputs))
+    def infer(self, inputs: dict[str, Tensor]) -> asyncio.Future[dict[str, Tensor]]:
+        return self._batcher.submit(self._check(inputs))
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -20,11 +20,12 @@ it (``hops > 0``, the forwarding node is the caller):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from federation.placement import Candidate, PlacementConfig, place
 from federation.policy_engine import DataAttrs, Decision, NodeAttrs
 from models import (
     CodecError,
-    InferenceFailed,
+    ModelError,
     ModelUnavailable,
     Overloaded,
     decode_infer_request,
@@ -246,14 +247,7 @@ class Router:
             request = decode_infer_request(call.body, call.header_length, record.signature)
             if data is None:
                 data = self.data_of(call, request.parameters)
-            outputs = await served.model.infer(request.inputs)
-            body, json_len = encode_infer_response(
-                model_name=record.name, model_version=record.version, request=request,
-                outputs=outputs,
-                parameters={"outpost.served_by": self.daemon.node_id,
-                            "outpost.route": "local" if call.hops == 0 else "forwarded",
-                            "outpost.reason": why},
-            )
+            running = served.model.infer(request.inputs)  # checked and queued now
         except CodecError as exc:
             await self._audit_infer(call, served, data or self.data_of(call, {}), "bad_request",
                                     str(exc)[:200])
@@ -264,14 +258,28 @@ class Router:
                                              str(max(1, round(exc.retry_after))).encode())]) from None
         except ModelUnavailable as exc:
             raise HTTPError(503, str(exc), [(b"retry-after", b"1")]) from None
-        except InferenceFailed as exc:
-            await self._audit_infer(call, served, data or self.data_of(call, {}), "error",
-                                    str(exc)[:200])
+        # The decision to run it here is recorded while it runs: the answer still waits until
+        # the entry is durable (DESIGN §3), but the fsync and the run overlap instead of adding.
+        admitted = self._append_infer(call, served, data, "admitted", None)
+        try:
+            outputs = await running
+            body, json_len = encode_infer_response(
+                model_name=record.name, model_version=record.version, request=request,
+                outputs=outputs,
+                parameters={"outpost.served_by": self.daemon.node_id,
+                            "outpost.route": "local" if call.hops == 0 else "forwarded",
+                            "outpost.reason": why},
+            )
+        except ModelError as exc:
+            # Admitted, then failed: a second entry with the same request id says so.
+            with contextlib.suppress(HTTPError):
+                await self._withheld(admitted)
+            await self._audit_infer(call, served, data, "error", str(exc)[:200])
             raise HTTPError(500, str(exc)) from None
+        await self._withheld(admitted)
         elapsed = time.perf_counter() - started
         previous = self._latency.get(data.model)
         self._latency[data.model] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
-        await self._audit_infer(call, served, data, "ok", None)
         self.daemon.metrics.requests.labels(record.name, record.version, "200").inc()
         self.daemon.metrics.latency.labels(record.name, record.version).observe(elapsed)
         return Answer(body, json_len)
@@ -334,22 +342,37 @@ class Router:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    async def _audit_infer(self, call: Call, served: Served, data: DataAttrs, outcome: str,
-                           reason: str | None) -> None:
+    def _append_infer(self, call: Call, served: Served, data: DataAttrs, outcome: str,
+                      reason: str | None) -> Awaitable[int]:
+        """Queue this node's ``infer`` entry now; await the result before answering."""
         audit = self.daemon.audit
         engine = self.daemon.engine
         try:
-            await audit.append(audit.record(
+            return audit.append_bytes(audit.record(
                 "infer", model=served.record.name, version=served.record.version,
                 caller=call.caller_name, data_class=data.data_class, outcome=outcome,
                 input_sha256=hashlib.sha256(call.body).hexdigest(), reason=reason,
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "request": call.request_id[:64]},
-            ))
+            ).to_bytes())
+        except Exception as exc:  # closed while stopping
+            failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+
+    @staticmethod
+    async def _withheld(appended: Awaitable[int]) -> None:
+        """Wait for an audit entry; no durable entry, no answer."""
+        try:
+            await appended
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); the result was withheld, "
                                  "retry shortly", [(b"retry-after", b"1")]) from None
+
+    async def _audit_infer(self, call: Call, served: Served, data: DataAttrs, outcome: str,
+                           reason: str | None) -> None:
+        await self._withheld(self._append_infer(call, served, data, outcome, reason))
 
     async def _audit_forward(self, call: Call, data: DataAttrs, decision: str, target: str | None,
                              policy_version: int | None, reason: str, attempts: list[str]) -> None:

@@ -197,3 +197,57 @@ def test_metrics_count_requests_and_batches(daemon: DaemonProc) -> None:
     assert 'outpost_batch_size_count{model="digits",version="1"}' in text
     assert 'outpost_queue_depth{model="digits",version="1"}' in text
 
+
+
+def _gather_model(path: Path) -> Path:
+    """``y = table[index]`` over a 4-element table: any INT64 index fits the signature, but one
+    outside [-4, 4) makes onnxruntime fail while running — a request that is valid on the wire
+    and fails in the model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(4, dtype=np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["y"], axis=0)], "gather",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_request_failing_inside_the_model_is_500_and_audited_as_such(
+    tmp_path: Path, daemon: DaemonProc
+) -> None:
+    """The node records its decision to run a request while it runs; when the run then fails,
+    the caller gets 500 and a second entry with the same request id says it failed."""
+    import hashlib
+
+    from tests.conftest import outpost
+
+    outpost("models", "add", str(_gather_model(tmp_path / "g.onnx")), "--name", "gather",
+            data_dir=daemon.data_dir)
+
+    def body(index: int) -> bytes:
+        return json.dumps({"inputs": [{"name": "index", "datatype": "INT64", "shape": [1],
+                                       "data": [index]}]}).encode()
+
+    with daemon.http() as http:
+        good = http.post("/v2/models/gather/infer", content=body(2))
+        bad = http.post("/v2/models/gather/infer", content=body(7))
+        assert http.get("/v2/health/ready").status_code == 200  # one bad run stops nothing
+    assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [2.0]
+    assert bad.status_code == 500
+    assert "gather:1 failed to run the request" in bad.json()["error"]
+    entries = [json.loads(line)["entry"] for line in outpost(
+        "audit", "tail", "-n", "20", "--json", data_dir=daemon.data_dir).stdout.splitlines()]
+    bad_sha = hashlib.sha256(body(7)).hexdigest()
+    runs = [e for e in entries if e["kind"] == "infer" and e.get("input_sha256") == bad_sha]
+    assert [e["outcome"] for e in runs] == ["admitted", "error"], runs
+    assert runs[0]["detail"]["request"] == runs[1]["detail"]["request"]
+    assert "failed to run" in runs[1]["reason"]
+    good_runs = [e for e in entries if e["kind"] == "infer"
+                 and e.get("input_sha256") == hashlib.sha256(body(2)).hexdigest()]
+    assert [e["outcome"] for e in good_runs] == ["admitted"]
+    assert "ok:" in outpost("audit", "verify", data_dir=daemon.data_dir).stdout

@@ -144,7 +144,7 @@ def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Fed) -> None:
     served = [e for e in audit(fed.dirs["onprem"]) if e["kind"] == "infer"
               and e.get("caller") == "node:edge"][-1]
     assert served["detail"]["request"] == sent["detail"]["request"]
-    assert served["outcome"] == "ok" and served["data_class"] == "personal"
+    assert served["outcome"] == "admitted" and served["data_class"] == "personal"
     explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--to",
                                    "cloud", "--json", data_dir=fed.dirs["edge"]).stdout)
     assert explained["allowed"] is False

@@ -389,7 +389,7 @@ def test_personal_goes_on_prem_never_to_the_cloud_and_public_may_burst(sites: Si
     assert r["doc"]["parameters"]["outpost.served_by"] in ("onprem", "cloud")
     assert cloud.peer_requests() - cloud_before <= 1  # at most the public request
     assert not [e for e in cloud.audit() if e["kind"] == "infer" and e["data_class"] == "personal"
-                and e.get("outcome") == "ok"]
+                and e.get("outcome") == "admitted"]
 
 
 def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Sites) -> None:
@@ -420,7 +420,7 @@ def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Sites) -> Non
     served = [e for e in onprem.audit() if e["kind"] == "infer"
               and e.get("detail", {}).get("request") == sent["detail"]["request"]]
     assert len(served) == 1, (sent, served)
-    assert served[0]["outcome"] == "ok" and served[0]["caller"] == "node:edge"
+    assert served[0]["outcome"] == "admitted" and served[0]["caller"] == "node:edge"
     assert served[0]["data_class"] == "personal" and served[0]["policy_version"] == 1
     assert served[0]["detail"]["jurisdiction"] == "DE" and served[0]["detail"]["hops"] == 1
     assert not [e for e in cloud.audit()
@@ -533,10 +533,10 @@ def test_with_on_prem_down_personal_is_refused_and_nothing_reaches_the_cloud(
         assert sent["decision"] == "allowed" and sent["peer"] == "cloud", sent
         served = [e for e in cloud.audit() if e["kind"] == "infer"
                   and e.get("detail", {}).get("request") == sent["detail"]["request"]]
-        assert len(served) == 1 and served[0]["outcome"] == "ok", (sent, served)
+        assert len(served) == 1 and served[0]["outcome"] == "admitted", (sent, served)
         assert served[0]["data_class"] == "public" and served[0]["caller"] == "node:edge"
         assert not [e for e in cloud.audit() if e["kind"] == "infer"
-                    and e["data_class"] == "personal" and e.get("outcome") == "ok"]
+                    and e["data_class"] == "personal" and e.get("outcome") == "admitted"]
     finally:
         sites.topo.link_up(onprem.host)
     # Cable back in: on-prem rejoins with no operator action and takes personal data again.

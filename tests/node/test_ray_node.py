@@ -83,7 +83,7 @@ def test_metrics_and_audit_as_in_process(daemon: DaemonProc) -> None:
     lines = outpost("audit", "tail", "-n", "5", "--json", data_dir=daemon.data_dir).stdout
     infers = [json.loads(x)["entry"] for x in lines.splitlines()
               if json.loads(x)["entry"]["kind"] == "infer"]
-    assert infers and infers[-1]["outcome"] == "ok" and infers[-1]["model"] == "digits"
+    assert infers and infers[-1]["outcome"] == "admitted" and infers[-1]["model"] == "digits"
 
 
 def test_a_replica_killed_mid_stream_costs_no_request(daemon: DaemonProc) -> None:
