@@ -56,7 +56,9 @@ leaves entries without their nodes or head, so the log always verifies.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +127,7 @@ MAX_DETAIL_BYTES = 2048
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = ("model", "version", "caller", "data_class", "decision", "outcome", "peer")
+_OPTIONAL_FIELDS = (*_TEXT_FIELDS, "policy_version", "input_sha256", "reason")
 
 
 def log_origin(node_id: str, federation: str | None = None) -> str:
@@ -159,21 +162,22 @@ class AuditEntry:
     detail: Mapping[str, str | int | bool | None] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
+        # Runs once per inference: plain loops, no helper call per field.
         if not isinstance(self.time, str) or not _TIME_RE.fullmatch(self.time):
             raise MalformedInput(
                 f"audit time {self.time!r} is not RFC 3339 UTC; format it with rfc3339(now)"
             )
-        try:
-            datetime.fromisoformat(self.time[:19])
-        except ValueError as exc:
-            raise MalformedInput(f"audit time {self.time!r} is not a real date/time") from exc
+        _check_date(self.time[:19])
         if self.kind not in KINDS:
             raise MalformedInput(
                 f"audit kind {self.kind!r} is unknown; use one of {sorted(KINDS)} "
                 "(or append a new kind to audit.KINDS)"
             )
-        for name in _TEXT_FIELDS:
-            _check_text(name, getattr(self, name), MAX_TEXT)
+        for name, value in zip(_TEXT_FIELDS, (self.model, self.version, self.caller,
+                                              self.data_class, self.decision, self.outcome,
+                                              self.peer), strict=True):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
+                _check_text(name, value, MAX_TEXT)  # raises with the message
         _check_text("reason", self.reason, MAX_REASON)
         pv = self.policy_version
         if pv is not None and (isinstance(pv, bool) or not isinstance(pv, int) or pv < 0):
@@ -185,8 +189,10 @@ class AuditEntry:
 
     def to_json_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"time": self.time, "kind": self.kind}
-        for name in (*_TEXT_FIELDS, "policy_version", "input_sha256", "reason"):
-            value = getattr(self, name)
+        for name, value in zip(_OPTIONAL_FIELDS, (
+            self.model, self.version, self.caller, self.data_class, self.decision,
+            self.outcome, self.peer, self.policy_version, self.input_sha256, self.reason,
+        ), strict=True):
             if value is not None:
                 obj[name] = value
         if self.detail is not None:
@@ -195,7 +201,14 @@ class AuditEntry:
 
     def to_bytes(self) -> bytes:
         """Canonical JSON (RFC 8785): the leaf data of the Merkle tree."""
-        return canonical_json(self.to_json_obj())
+        obj = self.to_json_obj()
+        pv = self.policy_version
+        if (pv is None or pv <= _SAFE_INT) and (self.detail is None or _plain_detail(self.detail)):
+            # The fields are validated str / int / dict-of-scalars with ASCII keys: the fast
+            # path canonical_json would take after checking that again (it runs per request).
+            with contextlib.suppress(UnicodeEncodeError):  # lone surrogates: rfc8785 judges
+                return _SORTED.encode(obj).encode("utf-8")
+        return canonical_json(obj)
 
     def leaf_hash(self) -> bytes:
         return leaf_hash(self.to_bytes())
@@ -235,13 +248,47 @@ def _check_text(name: str, value: object, limit: int) -> None:
         raise MalformedInput(f"audit field {name!r} must be a string of at most {limit} characters")
 
 
+_SAFE_INT = 2**53 - 1  # I-JSON safe integers: what RFC 8785 (and rfc8785) accepts
+_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)
+_valid_dates: set[str] = set()
+
+
+def _check_date(day_and_time: str) -> None:
+    """``YYYY-MM-DDTHH:MM:SS`` is a real date and time (remembered: entries share seconds)."""
+    if day_and_time in _valid_dates:
+        return
+    try:
+        datetime.fromisoformat(day_and_time)
+    except ValueError as exc:
+        raise MalformedInput(f"audit time {day_and_time!r} is not a real date/time") from exc
+    if len(_valid_dates) > 4096:
+        _valid_dates.clear()
+    _valid_dates.add(day_and_time)
+
+
+def _plain_detail(detail: Mapping[str, object]) -> bool:
+    return all(k.isascii() and (type(v) is not int or -_SAFE_INT <= v <= _SAFE_INT)
+               for k, v in detail.items())
+
+
 def _check_detail(detail: Mapping[str, object]) -> None:
     if not isinstance(detail, Mapping) or len(detail) > MAX_DETAIL_KEYS:
         raise MalformedInput(f"audit detail must be a dict with at most {MAX_DETAIL_KEYS} keys")
+    bound = 2
     for key, value in detail.items():
-        if not isinstance(key, str) or not (value is None or isinstance(value, str | int | bool)):
+        if not isinstance(key, str) or not (value is None or isinstance(value, str | int)):
             raise MalformedInput("audit detail maps strings to str, int, bool or None only")
-    if len(canonical_json(dict(detail))) > MAX_DETAIL_BYTES:
+        # Worst case per character is a 6-byte escape; an int beyond ±2**53 forces the exact
+        # encoding (which refuses it). Exact encoding only when the bound may be exceeded.
+        if isinstance(value, str):
+            size = len(value)
+        elif isinstance(value, int) and not -_SAFE_INT <= value <= _SAFE_INT:
+            size = MAX_DETAIL_BYTES
+        else:
+            size = 24
+        bound += 6 * (len(key) + size) + 8
+    if bound > MAX_DETAIL_BYTES and len(canonical_json(dict(detail))) > MAX_DETAIL_BYTES:
         raise MalformedInput(
             f"audit detail is larger than {MAX_DETAIL_BYTES} bytes; log hashes, not payloads"
         )

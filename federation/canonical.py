@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-_SAFE_INT = 2**53
+_SAFE_INT = 2**53 - 1  # I-JSON safe integers: what RFC 8785 (and rfc8785) accepts
 
 
 def _plain(obj: Any, depth: int = 0) -> bool:

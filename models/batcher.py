@@ -19,8 +19,11 @@ Theory of operation::
     submit(inputs)                            wait until queue non-empty or closing
       closed?        -> ModelUnavailable      take the head job, then every following
       depth >= max   -> Overloaded              compatible job (same input dtypes and
-      append job, notify                        non-batch dims) up to max_batch_size rows,
-      return future                             waiting up to max_batch_delay for more
+      append job (lock-free deque)              non-batch dims) up to max_batch_size rows,
+      a worker asleep? one kick (notify) per    waiting up to max_batch_delay for more
+        loop iteration, so what one iteration
+        queued becomes one batch
+      return future
                                               run once (concatenated along axis 0),
     future resolved  <- call_soon_threadsafe    split outputs back by row counts
                                               on error: rerun each job alone, so one bad
@@ -101,7 +104,10 @@ class Batcher:
         self._observer = observer
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
-        self._depth = 0
+        self._accepted = 0  # jobs queued (the loop's thread writes it)
+        self._finished = 0  # jobs answered or dropped as cancelled (workers, under the lock)
+        self._waiting = 0  # workers asleep on the condition (under the lock)
+        self._kick_due = False  # a wake-up is scheduled on the loop
         self._closing = False
         self._wanted = 0  # worker threads asked for; extra ones exit after their run
         self._threads: list[threading.Thread] = []
@@ -134,7 +140,7 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._depth
+        return self._accepted - self._finished
 
     @property
     def closed(self) -> bool:
@@ -142,24 +148,34 @@ class Batcher:
 
     def submit(self, inputs: dict[str, Tensor]) -> asyncio.Future[Outputs]:
         """Queue one request; the future resolves on the caller's loop with its outputs."""
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        job = _Job(inputs, future)
-        with self._cond:
-            if self._closing:
-                raise ModelUnavailable(
-                    f"model {self._name}:{self._version} is closed; load it again to serve it"
-                )
-            if self._depth >= self._max_queue:
-                raise Overloaded(
-                    f"model {self._name}:{self._version} has {self._depth} requests pending "
-                    f"(limit runtime.max_queue = {self._max_queue}); retry after "
-                    f"{self._retry_after:g} s or send it to another node",
-                    retry_after=self._retry_after,
-                )
-            self._queue.append(job)
-            self._depth += 1
-            self._cond.notify()
+        loop = asyncio.get_running_loop()
+        if self._closing:
+            raise ModelUnavailable(
+                f"model {self._name}:{self._version} is closed; load it again to serve it"
+            )
+        depth = self._accepted - self._finished
+        if depth >= self._max_queue:
+            raise Overloaded(
+                f"model {self._name}:{self._version} has {depth} requests pending "
+                f"(limit runtime.max_queue = {self._max_queue}); retry after "
+                f"{self._retry_after:g} s or send it to another node",
+                retry_after=self._retry_after,
+            )
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.append(_Job(inputs, future))  # deque: safe against the workers' pops
+        self._accepted += 1
+        # Read after the append (a worker announces itself before it checks the queue), so
+        # no job is left behind. One wake-up per loop iteration, however many requests the
+        # iteration queued: the worker then takes them as one batch.
+        if self._waiting and not self._kick_due:
+            self._kick_due = True
+            loop.call_soon(self._kick)
         return future
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        with self._cond:
+            self._cond.notify()
 
     async def close(self) -> None:
         """Stop accepting, let the workers finish every queued request, join them."""
@@ -177,15 +193,26 @@ class Batcher:
         while True:
             with self._cond:
                 while not self._queue and not self._closing and not self._surplus(me):
-                    self._cond.wait()
+                    self._sleep(None)
                 if self._surplus(me) or not self._queue:
                     self._threads.remove(me)
                     if self._queue:  # hand the queue to a remaining worker
                         self._cond.notify()
                     return  # resized down, or closing and drained
                 batch = self._take()
+                if self._queue and self._waiting:
+                    self._cond.notify()  # more than one batch queued: share with a sleeper
             if batch:  # empty when every queued job had been cancelled
                 self._deliver(batch, self._execute(batch))
+
+    def _sleep(self, timeout: float | None) -> None:
+        """Under the lock: wait for a submit's kick (announced first, then re-checked)."""
+        self._waiting += 1
+        try:
+            if not self._queue:
+                self._cond.wait(timeout)
+        finally:
+            self._waiting -= 1
 
     def _surplus(self, me: threading.Thread) -> bool:
         """Under the lock: more workers run than asked for, and ``me`` is one too many."""
@@ -206,7 +233,7 @@ class Batcher:
                 job = self._queue[0]
                 if job.future.cancelled():
                     self._queue.popleft()
-                    self._depth -= 1
+                    self._finished += 1
                     continue
                 if (
                     not self._prepare(job)
@@ -224,7 +251,7 @@ class Batcher:
                 deadline = now + self._delay
             if now >= deadline:
                 break
-            self._cond.wait(deadline - now)
+            self._sleep(deadline - now)
         return batch
 
     def _pop_live(self) -> _Job | None:
@@ -232,7 +259,7 @@ class Batcher:
             job = self._queue.popleft()
             if not job.future.cancelled():  # the caller went away: do not run it
                 return job
-            self._depth -= 1
+            self._finished += 1
         return None
 
     @staticmethod
@@ -300,7 +327,7 @@ class Batcher:
                 result = self._as_model_error(result)
             by_loop.setdefault(job.loop, []).append((job.future, result))
         with self._cond:
-            self._depth -= len(batch)
+            self._finished += len(batch)
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, items)

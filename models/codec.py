@@ -330,9 +330,13 @@ def _decode_tensor(
 
 def _check_shape(shape: list[int], spec: TensorSpec, what: str) -> None:
     expected = spec.shape
-    if len(shape) != len(expected) or any(
-        want != DYNAMIC and got != want for got, want in zip(shape, expected, strict=True)
-    ):
+    fits = len(shape) == len(expected)
+    if fits:
+        for got, want in zip(shape, expected):  # noqa: B905 - lengths checked just above
+            if want != got and want != DYNAMIC:
+                fits = False
+                break
+    if not fits:
         raise CodecError(
             f"{what}: shape {shape} does not fit the model's {list(expected)} (-1 = any size)"
         )
@@ -471,8 +475,11 @@ def _encode_tensor(
     return entry
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call otherwise
+
+
 def _assemble(doc: dict[str, Any], chunks: list[bytes | memoryview]) -> tuple[bytes, int | None]:
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = _COMPACT.encode(doc).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

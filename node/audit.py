@@ -18,7 +18,8 @@ on demand, and readers from :meth:`AuditLog.reader` store it first. Theory of op
     event loop                                  writer thread (own sqlite3 connection)
     ----------                                  ------------------------------------
     append_bytes(entry)                         wait for entries (or a head to write)
-      queue (entry, future), notify             take up to max_group entries
+      queue (entry, future); writer asleep?     take up to max_group entries
+        one kick per loop iteration
       await future                              leaf hashes + Merkle nodes, one transaction,
                                                   COMMIT + fsync
     _committed(): publish the new size,   <--   call_soon_threadsafe
@@ -74,10 +75,17 @@ class AuditError(RuntimeError):
     """The audit log cannot append or answer; the message names the fix."""
 
 
-def now_rfc3339() -> str:
-    from federation.canonical import rfc3339
+_second: tuple[int, str] = (-1, "")
 
-    return rfc3339(datetime.now(UTC))
+
+def now_rfc3339() -> str:
+    """The wall clock as ``federation.canonical.rfc3339`` spells it (microseconds, ``Z``);
+    the date and time of day are formatted once per second (this runs once per request)."""
+    global _second
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    if seconds != _second[0]:
+        _second = (seconds, datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{nanos // 1000:06d}Z"
 
 
 @dataclass
@@ -116,6 +124,8 @@ class AuditLog:
         self._queue: deque[tuple[bytes, asyncio.Future[int]]] = deque()
         self._head_wanted = False
         self._closing = False
+        self._writer_waiting = False  # the writer sleeps on _cond (set under the lock)
+        self._kick_due = False  # a wake-up is scheduled on the loop
         # Writer thread only.
         self._wcr = cr
         self._stored_head = head_size
@@ -202,10 +212,18 @@ class AuditLog:
         if self._closed:
             raise AuditError("audit log is closed (daemon stopping); retry on the next start")
         future: asyncio.Future[int] = self._loop.create_future()
-        with self._cond:
-            self._queue.append((entry, future))
-            self._cond.notify()
+        self._queue.append((entry, future))  # deque: safe against the writer's pops
+        # Read after the append (the writer announces itself before it checks the queue). One
+        # wake-up per loop iteration: what the iteration queued becomes one group.
+        if self._writer_waiting and not self._kick_due:
+            self._kick_due = True
+            self._loop.call_soon(self._kick)
         return future
+
+    def _kick(self) -> None:
+        self._kick_due = False
+        with self._cond:
+            self._cond.notify()
 
     def record(self, kind: str, **fields: Any) -> AuditEntry:
         """Build an entry of ``kind`` stamped now (helper for callers)."""
@@ -280,7 +298,10 @@ class AuditLog:
             while True:
                 with self._cond:
                     while not self._queue and not self._closing and not self._head_due():
-                        self._cond.wait(self._head_wait())
+                        self._writer_waiting = True
+                        if not self._queue:
+                            self._cond.wait(self._head_wait())
+                        self._writer_waiting = False
                     batch = [self._queue.popleft()
                              for _ in range(min(len(self._queue), self.config.max_group))]
                     closing = self._closing and not self._queue
@@ -334,11 +355,14 @@ class AuditLog:
             nodes: list[tuple[int, bytes]] = []
             for entry, _ in batch:
                 nodes.extend((n.key, n.hash) for n in cr.append(leaf_hash(entry)))
+            rows = [(first + i, e) for i, (e, _) in enumerate(batch)]
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("INSERT INTO audit_entry(seq, entry) VALUES(?, ?)",
-                               [(first + i, e) for i, (e, _) in enumerate(batch)])
-                db.executemany("INSERT INTO audit_node(id, hash) VALUES(?, ?)", nodes)
+                # Multi-row INSERTs: sqlite3 releases the GIL around every statement step, and
+                # each re-acquisition can wait behind the event loop; one step per ~500 rows
+                # instead of one per row keeps the writer off the loop's back.
+                _insert_rows(db, "audit_entry(seq, entry)", rows)
+                _insert_rows(db, "audit_node(id, hash)", nodes)
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -407,6 +431,16 @@ class AuditLog:
             self._head_waiters = [(s, f) for s, f in self._head_waiters if s > size]
         for future in due:
             self._loop.call_soon_threadsafe(_settle, future, None)
+
+
+_ROWS_PER_INSERT = 500
+
+
+def _insert_rows(db: sqlite3.Connection, table: str, rows: list[tuple[int, bytes]]) -> None:
+    for i in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[i : i + _ROWS_PER_INSERT]
+        db.execute(f"INSERT INTO {table} VALUES " + ",".join(["(?,?)"] * len(chunk)),
+                   [value for row in chunk for value in row])
 
 
 def _settle(future: asyncio.Future[Any], outcome: BaseException | None) -> None:

@@ -280,8 +280,7 @@ class Router:
         elapsed = time.perf_counter() - started
         previous = self._latency.get(data.model)
         self._latency[data.model] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
-        self.daemon.metrics.requests.labels(record.name, record.version, "200").inc()
-        self.daemon.metrics.latency.labels(record.name, record.version).observe(elapsed)
+        self.daemon.metrics.answered(record.name, record.version, elapsed)
         return Answer(body, json_len)
 
     # -- forwarding ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ process). Owns metric names and labels; the endpoint serves :meth:`Metrics.rende
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -73,10 +74,27 @@ class Metrics:
             ["route"], registry=self.registry,
         )
         self.registry.register(_QueueCollector(queue_depths))
+        # Labelled children per model version, looked up once (``labels()`` takes a lock and
+        # builds a key on every call; these run per request and per batch).
+        self._answered: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._batches: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def answered(self, name: str, version: str, seconds: float) -> None:
+        """One inference answered 200 after ``seconds`` inside the daemon."""
+        children = self._answered.get((name, version))
+        if children is None:
+            children = self._answered[(name, version)] = (
+                self.requests.labels(name, version, "200"), self.latency.labels(name, version))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, name: str, version: str, size: int, seconds: float) -> None:
-        self.batch_size.labels(name, version).observe(size)
-        self.batch_seconds.labels(name, version).observe(seconds)
+        children = self._batches.get((name, version))
+        if children is None:
+            children = self._batches[(name, version)] = (
+                self.batch_size.labels(name, version), self.batch_seconds.labels(name, version))
+        children[0].observe(size)
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -378,7 +378,8 @@ def test_canonical_json_fast_path_matches_rfc8785() -> None:
 
     from federation.canonical import canonical_json
 
-    scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text()
+    edges = st.sampled_from([2**53 - 1, 2**53, -(2**53 - 1), -(2**53)])
+    scalars = st.none() | st.booleans() | edges | st.integers(-(2**54), 2**54) | st.text()
     values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 
@@ -387,8 +388,51 @@ def test_canonical_json_fast_path_matches_rfc8785() -> None:
     def check(value: object) -> None:
         try:
             expected = rfc8785.dumps(value)
-        except Exception:
+        except Exception:  # no canonical form: canonical_json must refuse it too
+            with pytest.raises(MalformedInput):
+                canonical_json(value)
             return
         assert canonical_json(value) == expected
 
     check()
+
+
+def test_entry_bytes_match_rfc8785_for_any_valid_entry() -> None:
+    """Invariant: ``AuditEntry.to_bytes`` (which skips re-checking what validation proved) gives
+    exactly the rfc8785 package's bytes — non-ASCII text and keys, big integers included."""
+    import rfc8785
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    text = st.text(max_size=40)
+    edges = st.sampled_from([2**53 - 1, 2**53, -(2**53 - 1), -(2**53)])
+    detail = st.dictionaries(st.text(max_size=8), st.none() | st.booleans() | edges
+                             | st.integers(-(2**60), 2**60) | text, max_size=5)
+
+    @settings(max_examples=400, deadline=None)
+    @given(text, text, st.none() | st.sampled_from([2**53 - 1, 2**53]) | st.integers(0, 2**60),
+           st.none() | detail)
+    def check(model: str, caller: str, policy_version: int | None,
+              details: dict[str, object] | None) -> None:
+        fields = {"time": "2026-01-02T03:04:05.000006Z", "kind": "infer", "model": model,
+                  "caller": caller, "policy_version": policy_version, "detail": details}
+        try:
+            expected = rfc8785.dumps({k: v for k, v in fields.items() if v is not None})
+        except Exception:  # no canonical form: refused when built or when encoded
+            with pytest.raises(MalformedInput):
+                AuditEntry(**fields).to_bytes()  # type: ignore[arg-type]
+            return
+        assert AuditEntry(**fields).to_bytes() == expected  # type: ignore[arg-type]
+
+    check()
+
+
+def test_detail_size_bound_is_exact_at_the_limit() -> None:
+    """The cheap size bound never lets an oversized detail through: escapes count in full."""
+    from federation.audit import MAX_DETAIL_BYTES
+
+    quotes = '"' * (MAX_DETAIL_BYTES // 2)  # each escapes to two bytes: just over the limit
+    with pytest.raises(MalformedInput, match="larger than"):
+        AuditEntry(time="2026-01-02T03:04:05Z", kind="infer", detail={"q": quotes})
+    fits = "x" * (MAX_DETAIL_BYTES - 16)
+    assert AuditEntry(time="2026-01-02T03:04:05Z", kind="infer", detail={"q": fits}).to_bytes()

@@ -168,3 +168,19 @@ def test_cli_verify_names_the_first_bad_index(tmp_path: Path) -> None:
     result = outpost("audit", "verify", data_dir=data_dir, check=False)
     assert result.returncode == 1
     assert "entry 2" in result.stderr
+
+
+def test_record_time_is_spelled_like_rfc3339() -> None:
+    """``now_rfc3339`` caches the date per second; it must spell time as ``rfc3339`` does."""
+    import time
+    from datetime import UTC, datetime
+
+    from federation.canonical import rfc3339
+    from node.audit import now_rfc3339
+
+    for _ in range(3):
+        before = rfc3339(datetime.now(UTC))
+        stamp = now_rfc3339()
+        after = rfc3339(datetime.now(UTC))
+        assert before <= stamp <= after and len(stamp) == len(before)
+        time.sleep(0.4)  # cross a second boundary at least once
