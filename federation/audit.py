@@ -58,12 +58,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from federation.canonical import canonical_json, parse_json_object, rfc3339
 from federation.errors import (
@@ -206,8 +207,8 @@ class AuditEntry:
         if (pv is None or pv <= _SAFE_INT) and (self.detail is None or _plain_detail(self.detail)):
             # The fields are validated str / int / dict-of-scalars with ASCII keys: the fast
             # path canonical_json would take after checking that again (it runs per request).
-            with contextlib.suppress(UnicodeEncodeError):  # lone surrogates: rfc8785 judges
-                return _SORTED.encode(obj).encode("utf-8")
+            with contextlib.suppress(orjson.JSONEncodeError):  # lone surrogates: rfc8785 judges
+                return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
         return canonical_json(obj)
 
     def leaf_hash(self) -> bytes:
@@ -249,8 +250,6 @@ def _check_text(name: str, value: object, limit: int) -> None:
 
 
 _SAFE_INT = 2**53 - 1  # I-JSON safe integers: what RFC 8785 (and rfc8785) accepts
-_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                           allow_nan=False)
 _valid_dates: set[str] = set()
 
 

@@ -19,6 +19,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import rfc8785
 
 from federation.errors import MalformedInput
@@ -61,14 +62,13 @@ def canonical_json(obj: Any) -> bytes:
     usually came from a peer's document; build it from JSON types to fix it.
     """
     if _plain(obj):
-        # For dicts/lists of ASCII-keyed str, bool, None and safe ints, the standard library's
-        # sorted, separator-free, non-ASCII-preserving output is byte-identical to RFC 8785
-        # (same escapes, same key order, same integer spelling) and ~5x faster; audit entries
-        # take this path once per inference. Anything else goes to the rfc8785 package.
+        # For dicts/lists of ASCII-keyed str, bool, None and safe ints, orjson's sorted compact
+        # output is byte-identical to RFC 8785 (same escapes, same key order for ASCII keys,
+        # same integer spelling; property-tested against rfc8785) and ~20x faster: audit
+        # entries take this path once per inference. Anything else goes to rfc8785.
         try:
-            return json.dumps(obj, sort_keys=True, separators=(",", ":"),
-                              ensure_ascii=False, allow_nan=False).encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: let rfc8785 judge them
+            return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # lone surrogates: let rfc8785 judge them
             pass
     try:
         return rfc8785.dumps(obj)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from models.datatypes import Datatype, from_numpy, from_oip, pack_bytes, unpack_bytes
 from models.errors import CodecError, ModelError
@@ -96,7 +97,16 @@ def decode_infer_request(
 ) -> InferRequest:
     """Decode and validate an infer request body against the model's signature."""
     header, binary = _split(body, header_length)
-    doc = _load_json(header, "request")
+    try:
+        return _decode_request(_load_json(header, "request"), binary, signature)
+    except CodecError:
+        # orjson reads integers beyond 64 bits as floats; the standard library keeps them, so a
+        # refused request is judged again on its exact values (and named precisely).
+        return _decode_request(_load_json_slow(header, "request"), binary, signature)
+
+
+def _decode_request(doc: dict[str, Any], binary: memoryview, signature: ModelSignature
+                    ) -> InferRequest:
 
     entries = doc.get("inputs")
     if not isinstance(entries, list):
@@ -263,6 +273,18 @@ def _split(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
 
 
 def _load_json(header: bytes, kind: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        doc = None  # the standard library also takes NaN/Infinity (tritonclient sends them)
+    if doc is None:
+        return _load_json_slow(header, kind)
+    if not isinstance(doc, dict):
+        raise CodecError(f"{kind} JSON must be an object, not {type(doc).__name__}")
+    return doc
+
+
+def _load_json_slow(header: bytes, kind: str) -> dict[str, Any]:
     try:
         doc = json.loads(header)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -479,7 +501,13 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per 
 
 
 def _assemble(doc: dict[str, Any], chunks: list[bytes | memoryview]) -> tuple[bytes, int | None]:
-    header = _COMPACT.encode(doc).encode()
+    tensors = doc["outputs"] if "outputs" in doc else doc.get("inputs", ())
+    if all("data" not in entry for entry in tensors):
+        # No float data in the header: orjson (~10x faster) writes the same JSON. Float data
+        # keeps the standard library, whose NaN/Infinity spelling JSON clients read back.
+        header = orjson.dumps(doc)
+    else:
+        header = _COMPACT.encode(doc).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

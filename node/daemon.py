@@ -129,6 +129,9 @@ async def _start_server(app: Any, sock: socket.socket, drain_s: float, *,
         lifespan="off",
         log_config=None,
         access_log=False,
+        # The caller recorded in the audit log is the socket's peer: never a header a local
+        # app can write (uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1).
+        proxy_headers=False,
         timeout_graceful_shutdown=max(drain_s, 0.01),  # type: ignore[arg-type]  # float works
         http=protocol or "httptools",
         loop="none",

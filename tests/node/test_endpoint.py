@@ -251,3 +251,20 @@ def test_a_request_failing_inside_the_model_is_500_and_audited_as_such(
                  and e.get("input_sha256") == hashlib.sha256(body(2)).hexdigest()]
     assert [e["outcome"] for e in good_runs] == ["admitted"]
     assert "ok:" in outpost("audit", "verify", data_dir=daemon.data_dir).stdout
+
+
+def test_the_audited_caller_is_the_socket_peer_not_a_header(daemon: DaemonProc) -> None:
+    """A local app cannot choose the caller its requests are audited under."""
+    from tests.conftest import outpost
+
+    rows = example_rows(1)
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": rows.flatten().tolist()}], "id": "spoof"}
+    with daemon.http() as http:
+        response = http.post("/v2/models/digits/infer", content=json.dumps(body),
+                             headers={"X-Forwarded-For": "10.9.9.9", "Forwarded": "for=10.9.9.9"})
+    assert response.status_code == 200
+    entries = [json.loads(line)["entry"] for line in outpost(
+        "audit", "tail", "-n", "5", "--json", data_dir=daemon.data_dir).stdout.splitlines()]
+    callers = {e.get("caller") for e in entries if e["kind"] == "infer"}
+    assert callers == {"app@127.0.0.1"}, callers
