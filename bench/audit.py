@@ -10,7 +10,8 @@ Run from the repository root::
 Prints, and writes to ``bench/out/audit.json`` (nothing is asserted; the exit status is 0):
 
 1. **Durable appends with group commit** (``node.audit.AuditLog`` on ``node.store.Store``: WAL,
-   ``synchronous=FULL``, each commit = entries + Merkle nodes + a freshly signed head) at 1, 8
+   ``synchronous=FULL``, each commit = entries + Merkle nodes; the signed head is stored after
+   the callers are answered) at 1, 8
    and 64 concurrent appenders. Each appender builds an entry with ``log.record`` and awaits its
    append before the next, like a request handler. Entries/s, p50/p99 append latency (the
    ``await``), mean group size (``log.appended / log.commits``). Same-run baselines with plain
@@ -513,8 +514,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                               "loadavg_start": load0, "source": source}
     try:
         # 1 ------------------------------------------------------------------------------------
-        say(f"\n1. durable appends (AuditLog: WAL, synchronous=FULL, entries + nodes + signed head "
-            f"per commit); median of {rounds} round(s)")
+        say(f"\n1. durable appends (AuditLog: WAL, synchronous=FULL, entries + nodes "
+            f"per commit, head signed off the path); median of {rounds} round(s)")
         say(f"   {'appenders':>9} {'entries/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'mean group':>10} {'commits/s':>10} {'CPU us/entry':>12}")
         appends = []

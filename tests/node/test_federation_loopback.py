@@ -53,8 +53,9 @@ def test_killed_node_is_detected_dead_and_revoked_node_is_cut_off(fed: Fed) -> N
     fed.add("node-d", seed="node-a")
     for name in fed.dirs:
         fed.start(name)
-    eventually(lambda: len([p for p in peers(fed.dirs["node-a"]).values()
-                            if p["state"] == "alive"]) == 4, what="4 alive")
+    for name in ("node-a", "node-b"):  # both must know node-d before it dies
+        eventually(lambda n=name: len([p for p in peers(fed.dirs[n]).values()
+                                       if p["state"] == "alive"]) == 4, what=f"4 alive at {name}")
     fed.procs["node-d"].signal(signal.SIGKILL)
     fed.procs["node-d"].wait()
     for name in ("node-a", "node-b"):
