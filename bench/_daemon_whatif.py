@@ -46,23 +46,14 @@ def apply(patches: set[str]) -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if "auditnowait" in patches:
-        import node.daemon as daemon
+        from node.forward import Router
 
-        waited = daemon._audit_served
-        pending: set[asyncio.Task[None]] = set()
+        async def _not_withheld(appended):  # type: ignore[no-untyped-def]
+            # Still appended (and still durable soon): only the answer stops waiting for it.
+            if isinstance(appended, asyncio.Future):
+                appended.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-        def _audit_served(audit):  # type: ignore[no-untyped-def]
-            on_served = waited(audit)
-
-            async def fire_and_forget(rec):  # type: ignore[no-untyped-def]
-                task = asyncio.ensure_future(on_served(rec))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-
-            return fire_and_forget
-
-        daemon._audit_served = _audit_served
-
+        Router._withheld = staticmethod(_not_withheld)  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     apply({p for p in sys.argv[1].split(",") if p and p != "none"})

@@ -756,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator processes at concurrency 32 (default 2)")
     p.add_argument("--profile", action="store_true",
                    help="also py-spy the daemons at c=32 (writes bench/out/daemon-profile-*.txt)")
-    p.add_argument("--whatif", default="nodelay,nodelay+auditnowait",
+    p.add_argument("--whatif", default="auditnowait",
                    help="diagnostic daemon variants run on the small model (comma list of "
                         "'+'-joined patches from bench/_daemon_whatif.py: nodelay, uvloop, "
                         "auditnowait), or 'none'; never used for budget lines")
