@@ -190,6 +190,9 @@ class AuditLog:
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        for _, future in self._head_waiters:  # the final head could not be stored: stop waiting
+            _settle(future, None)
+        self._head_waiters.clear()
 
     @property
     def origin(self) -> str:
