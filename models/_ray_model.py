@@ -149,8 +149,9 @@ class RayModel:
     def replicas(self) -> int:
         return len(self._live)
 
-    def infer(self, inputs: dict[str, Tensor]) -> asyncio.Future[dict[str, Tensor]]:
-        return self._batcher.submit(self._check(inputs))
+    def infer(self, inputs: dict[str, Tensor], *, alone: bool = False
+              ) -> asyncio.Future[dict[str, Tensor]]:
+        return self._batcher.submit(self._check(inputs), alone=alone)
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -146,8 +146,10 @@ class Batcher:
     def closed(self) -> bool:
         return self._closing
 
-    def submit(self, inputs: dict[str, Tensor]) -> asyncio.Future[Outputs]:
-        """Queue one request; the future resolves on the caller's loop with its outputs."""
+    def submit(self, inputs: dict[str, Tensor], *, alone: bool = False) -> asyncio.Future[Outputs]:
+        """Queue one request; the future resolves on the caller's loop with its outputs.
+        ``alone``: the caller knows no other request is in flight, so there is nothing to
+        batch with: wake a sleeping worker now instead of at the end of the loop iteration."""
         loop = asyncio.get_running_loop()
         if self._closing:
             raise ModelUnavailable(
@@ -167,13 +169,16 @@ class Batcher:
         # Read after the append (a worker announces itself before it checks the queue), so
         # no job is left behind. One wake-up per loop iteration, however many requests the
         # iteration queued: the worker then takes them as one batch.
-        if self._waiting and not self._kick_due:
-            self._kick_due = True
-            loop.call_soon(self._kick)
+        if self._waiting:
+            if alone:
+                self._kick()
+            elif not self._kick_due:
+                self._kick_due = True
+                loop.call_soon(self._kick)
         return future
 
     def _kick(self) -> None:
-        self._kick_due = False
+        self._kick_due = False  # a scheduled kick that finds the worker awake does no harm
         with self._cond:
             self._cond.notify()
 

@@ -132,11 +132,13 @@ class LoadedModel(Protocol):
         """Requests accepted and not yet answered; readable from any thread."""
         ...
 
-    def infer(self, inputs: dict[str, Tensor]) -> asyncio.Future[dict[str, Tensor]]:
+    def infer(self, inputs: dict[str, Tensor], *, alone: bool = False
+              ) -> asyncio.Future[dict[str, Tensor]]:
         """Check and queue one request (every input, signature dtypes; BYTES as object arrays
         of bytes) now, on the event loop; the future resolves to every output once it ran.
         Raises at once CodecError (inputs that do not fit the model), Overloaded or
-        ModelUnavailable; the future fails with InferenceFailed."""
+        ModelUnavailable; the future fails with InferenceFailed. ``alone``: no other request
+        is in flight (see ``Batcher.submit``)."""
         ...
 
     async def close(self) -> None:
@@ -313,8 +315,9 @@ class OrtModel:
     def queue_depth(self) -> int:
         return self._batcher.queue_depth
 
-    def infer(self, inputs: dict[str, Tensor]) -> asyncio.Future[dict[str, Tensor]]:
-        return self._batcher.submit(self._check(inputs))
+    def infer(self, inputs: dict[str, Tensor], *, alone: bool = False
+              ) -> asyncio.Future[dict[str, Tensor]]:
+        return self._batcher.submit(self._check(inputs), alone=alone)
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -209,18 +209,23 @@ class AuditLog:
         """Append ``entry``; returns its index once it is durable."""
         return await self.append_bytes(entry.to_bytes())
 
-    def append_bytes(self, entry: bytes) -> Awaitable[int]:
+    def append_bytes(self, entry: bytes, *, alone: bool = False) -> Awaitable[int]:
         """Queue ``entry`` now (so the order of calls is the order in the log); the awaitable
-        resolves to its index once it is durable."""
+        resolves to its index once it is durable. ``alone``: the caller knows nothing else is
+        being appended, so a sleeping writer is woken now rather than once the loop iteration
+        has queued everything it will (which makes one group of it)."""
         if self._closed:
             raise AuditError("audit log is closed (daemon stopping); retry on the next start")
         future: asyncio.Future[int] = self._loop.create_future()
         self._queue.append((entry, future))  # deque: safe against the writer's pops
         # Read after the append (the writer announces itself before it checks the queue). One
         # wake-up per loop iteration: what the iteration queued becomes one group.
-        if self._writer_waiting and not self._kick_due:
-            self._kick_due = True
-            self._loop.call_soon(self._kick)
+        if self._writer_waiting:
+            if alone:
+                self._kick()
+            elif not self._kick_due:
+                self._kick_due = True
+                self._loop.call_soon(self._kick)
         return future
 
     def _kick(self) -> None:

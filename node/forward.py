@@ -116,6 +116,7 @@ class Router:
         self.config = config
         self.timeout_s = timeout_s
         self._latency: dict[str, float] = {}  # model ref -> EWMA seconds of local requests
+        self._in_flight = 0  # requests on the one path now: 1 = nothing to batch this one with
         self._http: httpx.AsyncClient | None = None  # replication and other control calls
         self._session: aiohttp.ClientSession | None = None  # the forwarding hot path
 
@@ -165,6 +166,13 @@ class Router:
     # -- the one path --------------------------------------------------------------------------
 
     async def infer(self, call: Call) -> Answer:
+        self._in_flight += 1
+        try:
+            return await self._infer(call)
+        finally:
+            self._in_flight -= 1
+
+    async def _infer(self, call: Call) -> Answer:
         served = self._served(call)
         engine = self.daemon.engine
         me = self.self_attrs
@@ -247,7 +255,8 @@ class Router:
             request = decode_infer_request(call.body, call.header_length, record.signature)
             if data is None:
                 data = self.data_of(call, request.parameters)
-            running = served.model.infer(request.inputs)  # checked and queued now
+            alone = self._in_flight == 1  # wake the worker and the writer now, not batched
+            running = served.model.infer(request.inputs, alone=alone)  # checked, queued now
         except CodecError as exc:
             await self._audit_infer(call, served, data or self.data_of(call, {}), "bad_request",
                                     str(exc)[:200])
@@ -260,7 +269,7 @@ class Router:
             raise HTTPError(503, str(exc), [(b"retry-after", b"1")]) from None
         # The decision to run it here is recorded while it runs: the answer still waits until
         # the entry is durable (DESIGN §3), but the fsync and the run overlap instead of adding.
-        admitted = self._append_infer(call, served, data, "admitted", None)
+        admitted = self._append_infer(call, served, data, "admitted", None, alone=alone)
         try:
             outputs = await running
             body, json_len = encode_infer_response(
@@ -342,7 +351,7 @@ class Router:
     # -- audit ---------------------------------------------------------------------------------
 
     def _append_infer(self, call: Call, served: Served, data: DataAttrs, outcome: str,
-                      reason: str | None) -> Awaitable[int]:
+                      reason: str | None, *, alone: bool = False) -> Awaitable[int]:
         """Queue this node's ``infer`` entry now; await the result before answering."""
         audit = self.daemon.audit
         engine = self.daemon.engine
@@ -354,7 +363,7 @@ class Router:
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "request": call.request_id[:64]},
-            ).to_bytes())
+            ).to_bytes(), alone=alone)
         except Exception as exc:  # closed while stopping
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
