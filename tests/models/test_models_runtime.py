@@ -477,3 +477,30 @@ def test_native_output_is_captured_not_printed(capfd: pytest.CaptureFixture[str]
     assert captured.summary() == "Failed to load library libx.so"
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
+
+
+async def test_what_one_loop_iteration_queues_runs_as_one_batch() -> None:
+    """A sleeping worker is woken once per loop iteration, so requests queued together share a
+    run; a request ``alone`` on the node wakes it at once, even while the loop is busy."""
+    import threading
+
+    ran = threading.Event()
+    recorder = Recorder()
+
+    def observe(name: str, version: str, size: int, seconds: float) -> None:
+        recorder(name, version, size, seconds)
+        ran.set()
+
+    batcher = _batcher(observe)
+    x = np.ones((1, 2), np.float32)
+    await until(lambda: batcher._waiting == 1)  # the worker sleeps
+    burst = [batcher.submit({"x": x * i}) for i in range(5)]
+    assert not ran.wait(0.3), "woken before the loop iteration ended"  # the loop is blocked here
+    await asyncio.gather(*burst)
+    assert recorder.sizes == [5]
+    ran.clear()
+    await until(lambda: batcher._waiting == 1)
+    alone = batcher.submit({"x": x}, alone=True)
+    assert ran.wait(5), "a request alone must not wait for the loop to wake the worker"
+    assert (await alone)["out"].tolist() == [[2.0, 2.0]]
+    await batcher.close()
