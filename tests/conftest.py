@@ -1,120 +1,41 @@
-"""Shared fixtures: real daemons as subprocesses on loopback, each in its own data directory."""
+"""Shared fixtures: real daemons as subprocesses on loopback, each in its own data directory,
+the CLI in-process, and a guard failing async tests that block their event loop.
+
+The helpers themselves live in ``node.testing`` (bench/ and the demo use them too); the
+names below are re-exported for the tests that import them from here.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-OUTPOST = [sys.executable, "-m", "cli.main"]
+from node.testing import (  # noqa: F401  (re-exported)
+    OUTPOST,
+    ROOT,
+    DaemonProc,
+    Federation,
+    LoopBlockGuard,
+    init_node,
+    outpost,
+    start_daemon,
+    write_config,
+)
 
-
-def outpost(*args: str, data_dir: Path | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess."""
-    argv = [*OUTPOST, *args]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"outpost {' '.join(args)} exited {result.returncode}\nstdout:{result.stdout}\n"
-            f"stderr:{result.stderr}"
-        )
-    return result
-
-
-@dataclass
-class DaemonProc:
-    data_dir: Path
-    proc: subprocess.Popen[str]
-    url: str = ""
-    log: list[str] = field(default_factory=list)
-
-    @property
-    def hostport(self) -> str:
-        return self.url.removeprefix("http://")
-
-    def http(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
-
-
-def start_daemon(data_dir: Path, *extra: str, timeout: float = 90.0,
-                 module: str = "cli.main") -> DaemonProc:
-    """Start `outpost run` on a free loopback port and wait until it reports ready
-    (``module``: another entry point that wraps the CLI, e.g. to patch the daemon)."""
-    argv = [sys.executable, "-m", module, "run", "--data-dir", str(data_dir),
-            "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", *extra]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    daemon = DaemonProc(data_dir, proc)
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        daemon.log.append(line)
-        if "ready on " in line:
-            daemon.url = line.rsplit("ready on ", 1)[1].strip()
-            _drain_in_background(daemon)
-            return daemon
-    proc.kill()
-    proc.wait()
-    raise AssertionError("daemon did not become ready:\n" + "".join(daemon.log))
-
-
-def _drain_in_background(daemon: DaemonProc) -> None:
-    import threading
-
-    def pump() -> None:
-        assert daemon.proc.stdout is not None
-        for line in daemon.proc.stdout:
-            daemon.log.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-
-
-def init_node(data_dir: Path, name: str = "node-a", *extra: str) -> None:
-    outpost("init", "--name", name, *extra, data_dir=data_dir)
-
-
-def write_config(data_dir: Path, section: str, **values: object) -> None:
-    """Change keys of one section of the node's outpost.toml."""
-    import tomllib
-
-    import tomli_w
-
-    path = data_dir / "outpost.toml"
-    raw = tomllib.loads(path.read_text())
-    raw.setdefault(section, {}).update(values)
-    path.write_text(tomli_w.dumps(raw))
+#: How long an async test's event loop may stand still before the test fails. Blocking
+#: calls the guard exists to catch (a sync HTTP request, a subprocess.run, a model load on
+#: the loop) take from tens of ms to seconds; legitimate work between two awaits is well
+#: under 10 ms here. On this 2-core machine shared by ~8 test runs, a loop thread starved of
+#: CPU or the GIL measured up to ~0.3 s behind (and stalls spent parked in the selector are
+#: not counted at all, see LoopBlockGuard): 1 s keeps three times that margin and still
+#: catches every blocking call that matters. OUTPOST_LOOP_BLOCK_S overrides it.
+LOOP_BLOCK_THRESHOLD_S = float(os.environ.get("OUTPOST_LOOP_BLOCK_S", "1.0"))
 
 
 @pytest.fixture
@@ -132,9 +53,9 @@ def daemon(node_dir: Path) -> Iterator[DaemonProc]:
 
 
 @pytest.fixture
-def fed(tmp_path: Path) -> Iterator[Fed]:
+def fed(tmp_path: Path) -> Iterator[Federation]:
     """An empty federation (authority in tmp_path/ca); add nodes, start them; all stopped after."""
-    federation = Fed(tmp_path)
+    federation = Federation(tmp_path)
     yield federation
     federation.stop_all()
 
@@ -176,8 +97,30 @@ def _ray_connect() -> None:
 RAY_CPUS = 2
 
 
-from tests.fedharness import Fed  # noqa: E402  (after the helpers it imports)
+# -- the event loop guard ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def loop_block_guard(request: pytest.FixtureRequest) -> AsyncIterator[LoopBlockGuard]:
+    """Fails the test if its event loop stood still longer than LOOP_BLOCK_THRESHOLD_S
+    (added to every async test; ``@pytest.mark.blocks_loop(reason)`` turns it off)."""
+    with LoopBlockGuard(asyncio.get_running_loop(), LOOP_BLOCK_THRESHOLD_S) as guard:
+        yield guard
+    if guard.stalls and request.node.get_closest_marker("blocks_loop") is None:
+        pytest.fail(guard.report(), pytrace=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        fixturenames = getattr(item, "fixturenames", None)
+        if (inspect.iscoroutinefunction(function) and fixturenames is not None
+                and "loop_block_guard" not in fixturenames):
+            fixturenames.append("loop_block_guard")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    config.addinivalue_line(
+        "markers", "blocks_loop(reason): this async test blocks its event loop on purpose; "
+        "the loop-blocking guard lets it pass")

@@ -26,7 +26,7 @@ from cli.batch import batch
 from models import SAMPLE_MODEL, OrtBackend, RuntimeConfig, inspect_model
 from node.batch import BatchError, BatchSettings, run_batch
 from node.batchio import MANIFEST, read_output
-from tests.conftest import init_node, start_daemon
+from node.testing import init_node, start_daemon
 
 Array = np.ndarray[Any, Any]
 ROWS = 2_500

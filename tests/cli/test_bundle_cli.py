@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,27 +22,15 @@ from typing import Any
 import pytest
 
 from models import SAMPLE_MODEL
-from tests.cli.test_federation_cli import enroll
-from tests.conftest import ROOT, outpost, start_daemon
+from node.testing import enroll, outpost, start_daemon
 
 POLICY = 'permit(principal, action == Action::"infer", resource);\n'
 
 
 def bundle(*args: str, data_dir: Path | None = None,
            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`outpost bundle ...` — through cli.main once the group is registered there."""
-    from cli.main import main
-
-    if "bundle" in main.commands:
-        return outpost("bundle", *args, data_dir=data_dir, check=check)
-    argv = [sys.executable, "-m", "cli.bundle", *args]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    if check and result.returncode != 0:
-        raise AssertionError(f"outpost bundle {' '.join(args)} exited {result.returncode}\n"
-                             f"stdout:{result.stdout}\nstderr:{result.stderr}")
-    return result
+    """`outpost bundle ...`"""
+    return outpost("bundle", *args, data_dir=data_dir, check=check)
 
 
 @dataclass
@@ -310,11 +297,11 @@ async def test_import_into_a_running_daemon_takes_effect_live(world: World, tmp_
 
     a, b = world.node("node-a", tmp_path), world.node("node-b", tmp_path)
     path = tmp_path / "a.bundle"
-    running = start_daemon(a)
+    running = await asyncio.to_thread(start_daemon, a)
     try:
         exported = await asyncio.to_thread(export, a, path, "--models")
     finally:
-        running.stop()
+        await asyncio.to_thread(running.stop)
     assert "node.start" in [json.loads(e)["kind"] for e in raw_entries(a)[: exported["logs"][0]["size"]]]
 
     config = cfg.load(b).replace("node", listen="127.0.0.1:0", peer_listen="127.0.0.1:0")
@@ -339,7 +326,7 @@ async def test_import_into_a_running_daemon_takes_effect_live(world: World, tmp_
             await asyncio.to_thread(import_bundle, b, tmp_path / "bad.bundle")
     finally:
         await daemon.stop()
-    kinds = [e["kind"] for e in audit_entries(b)]
+    kinds = [e["kind"] for e in await asyncio.to_thread(audit_entries, b)]
     assert kinds.count("audit.replicate") == 1 and "model.add" in kinds
     assert await asyncio.to_thread(replicas, b) == {A: exported["logs"][0]["size"]}
     await asyncio.to_thread(assert_replicas_verify, b)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DaemonProc, init_node, outpost
+from node.testing import DaemonProc, init_node, outpost
 
 
 def _blobs(data_dir: Path) -> list[str]:
@@ -99,7 +99,7 @@ def test_models_add_refuses_bad_files_and_leaves_nothing(
 
 def test_models_add_refuses_oversized_file(tmp_path: Path, node_dir: Path) -> None:
     from models.sample.dense import build_dense
-    from tests.conftest import write_config
+    from node.testing import write_config
 
     model = tmp_path / "big.onnx"
     build_dense(model, width=256, layers=2)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import init_node, outpost
+from node.testing import enroll, init_node, outpost
 
 
 @pytest.fixture
@@ -20,17 +20,6 @@ def fed(tmp_path: Path) -> Path:
     ca = tmp_path / "ca"
     outpost("federation", "init", "--dir", str(ca), "--name", "acme")
     return ca
-
-
-def enroll(tmp_path: Path, ca: Path, name: str, *attrs: str) -> Path:
-    data_dir = tmp_path / name
-    init_node(data_dir, name, "--no-sample")
-    req = tmp_path / f"{name}.req"
-    cert = tmp_path / f"{name}.pem"
-    outpost("join", "request", "-o", str(req), data_dir=data_dir)
-    outpost("federation", "enroll", str(req), "--ca", str(ca), *attrs, "-o", str(cert))
-    outpost("join", str(cert), data_dir=data_dir)
-    return data_dir
 
 
 def test_enroll_join_and_the_audit_trail(tmp_path: Path, fed: Path) -> None:
