@@ -28,6 +28,8 @@ from node.testing import (  # noqa: F401  (re-exported)
     write_config,
 )
 
+pytest_plugins = ["pytester"]  # tests/node/test_testing.py runs the guard on a test of its own
+
 #: How long an async test's event loop may stand still before the test fails. Blocking
 #: calls the guard exists to catch (a sync HTTP request, a subprocess.run, a model load on
 #: the loop) take from tens of ms to seconds; legitimate work between two awaits is well
