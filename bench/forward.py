@@ -92,6 +92,7 @@ from serve import (  # noqa: E402
 
 from models import SAMPLE_MANIFEST, SAMPLE_MODEL  # noqa: E402
 from models.codec import decode_infer_response, encode_infer_request  # noqa: E402
+from node.testing import EXAMPLE_POLICY, eventually, free_port  # noqa: E402
 
 PY = sys.executable
 MODEL = "digits"
@@ -100,17 +101,7 @@ BUDGET_POLICY_US = 100.0
 QUEUE_LIMIT = 2
 BODIES = ("binary", "json")
 
-POLICY_ALLOW = """\
-@id("infer-anywhere")
-permit(principal, action == Action::"infer", resource);
-@id("public-anywhere")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-@id("personal-stays-home")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+POLICY_ALLOW = EXAMPLE_POLICY
 POLICY_DENY = """\
 @id("infer-anywhere")
 permit(principal, action == Action::"infer", resource);
@@ -134,20 +125,6 @@ def cli(*args: str, data_dir: Path | None = None, timeout: float = 120) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"outpost {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
-
-
-def free_port() -> int:
-    """A port free for TCP and UDP on loopback (gossip uses both)."""
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 class Node:
@@ -209,15 +186,8 @@ def peer_rows(node: Node) -> list[dict[str, Any]]:
 
 
 def wait_for(check: Any, what: str, timeout: float = 45.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = check()
-            if last:
-                return last
-        time.sleep(0.3)
-    raise RuntimeError(f"timed out waiting for {what} (last: {last!r})")
+    """Until ``check()`` holds; its errors (a daemon still starting) count as "not yet"."""
+    return eventually(check, timeout, what, interval=0.3, retry_on=(Exception,))
 
 
 def holders(edge: Node) -> set[str]:

@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -59,6 +58,8 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import tomli_w  # noqa: E402
 
+from node import testing  # noqa: E402
+
 PY = sys.executable
 BUDGET_CONVERGE_S = 3.0
 BUDGET_IDLE_RSS_MB = 150.0
@@ -74,19 +75,11 @@ def log(msg: str) -> None:
 
 def free_port(taken: set[int]) -> int:
     """A port free for both TCP and UDP on loopback, not handed out before in this run."""
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            if port in taken:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        taken.add(port)
-        return port
+    port = testing.free_port()
+    while port in taken:
+        port = testing.free_port()
+    taken.add(port)
+    return port
 
 
 @dataclass

@@ -36,15 +36,7 @@ from federation.policy import (
     read_bundle,
     sign_bundle,
 )
-
-EXAMPLE_POLICY = """\
-permit(principal, action == Action::"infer", resource);
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+from node.testing import EXAMPLE_POLICY
 
 SENDER = NodeAttrs("edge-1", "edge", "berlin", "DE", {"zone": "lan"})
 TARGET = NodeAttrs("onprem-1", "onprem", "munich", "DE", {"zone": "dmz"})

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,20 +26,9 @@ import httpx
 import tomli_w
 
 from models import SAMPLE_MANIFEST, SAMPLE_MODEL
+from node.testing import EXAMPLE_POLICY, eventually, free_port
 
-POLICY = """\
-@id("infer-anywhere")
-permit(principal, action == Action::"infer", resource);
-
-@id("public-anywhere")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-
-@id("personal-stays-home")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+POLICY = EXAMPLE_POLICY
 
 SITES = [  # name, tier, site, jurisdiction, holds the model
     ("edge", "edge", "berlin-shop", "DE", False),
@@ -59,19 +47,6 @@ def outpost(*args: str) -> str:
     if result.returncode != 0:
         raise SystemExit(f"demo: `outpost {' '.join(args)}` failed:\n{result.stderr}")
     return result.stdout
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def wait_ready(proc: subprocess.Popen[str], name: str) -> str:
@@ -211,12 +186,10 @@ def _peers(d: Path) -> list[dict[str, Any]]:
 
 
 def _wait(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"demo: timed out waiting for {what}")
+    try:
+        eventually(check, timeout, what, interval=0.5)
+    except AssertionError as exc:
+        raise SystemExit(f"demo: {exc}") from None
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:

@@ -443,11 +443,12 @@ class LoopBlockGuard:
     """Notices an event loop that stops turning for longer than ``threshold`` seconds.
 
     A watchdog thread posts a no-op to the loop (``call_soon_threadsafe``) every
-    ``interval``; when it is not run within ``threshold``, the loop's thread is sampled: a
-    thread parked in the selector's ``select`` is idle, only starved of CPU (a loaded
-    machine), and is not counted; any other frame is code holding the loop, and the stall,
-    its length and that stack are recorded in ``stalls``. Use as a context manager around
-    the code under watch, on the loop's thread, with the loop running.
+    ``interval`` while the loop runs; when it is not run within ``threshold``, the loop's
+    thread is sampled: a thread parked in the selector's ``select`` is idle, only starved of
+    CPU (a loaded machine), and a loop that is not running (between two
+    ``run_until_complete``) is not stuck either — neither is counted; any other frame is
+    code holding the loop, and the stall, its length and that stack go to ``stalls``. Use
+    as a context manager around the code under watch, on the loop's thread.
     """
 
     def __init__(
@@ -483,6 +484,8 @@ class LoopBlockGuard:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
+            if not self.loop.is_running():
+                continue  # between two runs (pytest sets fixtures up in between): not stuck
             turned = threading.Event()
             posted = time.monotonic()
             try:
@@ -491,9 +494,10 @@ class LoopBlockGuard:
                 return
             if turned.wait(self.threshold):
                 continue
-            stack = self._loop_stack()
-            while not turned.wait(self.interval) and not self._stop.is_set():
-                pass  # measure the stall to its end (or to the end of the watch)
+            stack = self._loop_stack() if self.loop.is_running() else None
+            while stack is not None and not turned.wait(self.interval):
+                if self._stop.is_set() or not self.loop.is_running():
+                    break  # measure the stall to its end (or to the end of the watch)
             if stack is not None:
                 self.stalls.append(Stall(time.monotonic() - posted, stack))
 

@@ -15,18 +15,11 @@ from federation.placement import (
     rank,
 )
 from federation.policy import DataAttrs, Decision, NodeAttrs, PolicyEngine, read_bundle, sign_bundle
+from node.testing import EXAMPLE_POLICY
 
 MODEL = "resnet:1"
 KEY = Ed25519PrivateKey.generate()
-EXAMPLE = """\
-permit(principal, action == Action::"infer", resource);
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-@id("personal-stays-home")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+EXAMPLE = EXAMPLE_POLICY
 ENGINE = PolicyEngine(
     read_bundle(sign_bundle(KEY, EXAMPLE, 1, "2025-01-31T12:00:00Z", "acme"), KEY.public_key())
 )

@@ -32,15 +32,9 @@ from federation.policy import (
     read_bundle,
     sign_bundle,
 )
+from node.testing import EXAMPLE_POLICY
 
-EXAMPLE = """\
-permit(principal, action == Action::"infer", resource);
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+EXAMPLE = EXAMPLE_POLICY
 
 ISSUED = "2025-01-31T12:00:00Z"
 KEY = Ed25519PrivateKey.generate()
@@ -102,7 +96,7 @@ def test_personal_data_stays_off_cloud_and_in_jurisdiction(
 ) -> None:
     d = engine().decide_forward(SENDER, data("personal", "DE"), target, 0)
     assert d.allowed is allowed
-    assert d.policy_ids == (("policy2",) if allowed else ())
+    assert d.policy_ids == (("personal-stays-home",) if allowed else ())
     assert d.errors == ()
     assert d.policy_version == 1
 
@@ -110,7 +104,7 @@ def test_personal_data_stays_off_cloud_and_in_jurisdiction(
 @pytest.mark.parametrize("target", TARGETS)
 def test_public_data_may_go_anywhere(target: NodeAttrs) -> None:
     d = engine().decide_forward(SENDER, data("public"), target, 0)
-    assert d.allowed and d.policy_ids == ("policy1",)
+    assert d.allowed and d.policy_ids == ("public-anywhere",)
 
 
 @pytest.mark.parametrize("target", TARGETS)

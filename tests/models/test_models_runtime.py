@@ -34,6 +34,7 @@ from models import (
     inspect_model,
 )
 from models.batcher import Batcher
+from node.testing import eventually_async
 
 Array = np.ndarray[Any, Any]
 
@@ -62,10 +63,13 @@ async def load(
     return await backend.load(name, "1", path, inspect_model(path))
 
 
+UNTIL_S = 60.0  # far beyond any state awaited here, well within pytest-timeout
+
+
 async def until(predicate: Any) -> None:
-    """Yield to the loop until ``predicate()`` holds (no time limit: pytest-timeout guards)."""
-    while not predicate():
-        await asyncio.sleep(0.001)
+    """Yield to the loop until ``predicate()`` holds (a millisecond at a time: the worker
+    states awaited here last about that long)."""
+    await eventually_async(predicate, timeout=UNTIL_S, what="the batcher state", interval=0.001)
 
 
 async def held_then_queued(

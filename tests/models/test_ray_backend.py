@@ -14,7 +14,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ from models import (
 )
 from models.codec import decode_infer_request
 from models.ray_backend import RayBackend, RayConfig, RayModel, create_backend, plan_replicas
-from tests.conftest import ROOT
+from node.testing import ROOT
+from node.testing import eventually_async as wait_for
 from tests.models.test_models_runtime import Recorder, until
 
 Array = np.ndarray[Any, Any]
@@ -261,13 +261,6 @@ async def test_queue_depth_adds_a_replica_and_a_lull_removes_it(
         await wait_for(lambda: model.replicas == 1, 30, "back to one replica")
     finally:
         await closing(backend, model)
-
-
-async def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @ray_tests

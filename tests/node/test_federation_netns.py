@@ -28,8 +28,8 @@ import httpx
 import pytest
 import tomli_w
 
-from tests.cli.test_federation_cli import enroll
-from tests.conftest import ROOT, outpost
+from node.testing import ROOT, enroll, outpost
+from node.testing import eventually as _eventually
 from tests.netns import Host, Topology, namespaces, require_netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration, pytest.mark.slow]
@@ -110,15 +110,9 @@ for line in sys.stdin:
 
 def eventually(check: Callable[[], Any], timeout: float, what: str, *,
                fed: NetFed | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    logs = fed.log_tails() if fed is not None else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: last={last!r}\n{logs}")
+    """``node.testing.eventually`` every 0.5 s, with the daemons' log tails on a timeout."""
+    return _eventually(check, timeout, what, interval=0.5,
+                       diagnose=fed.log_tails if fed is not None else None)
 
 
 class Node:

@@ -13,28 +13,22 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, outpost
-from tests.fedharness import Fed, eventually, peers, status
+from node.testing import (
+    EXAMPLE_POLICY,
+    NO_PERSONAL_ON_CLOUD,
+    PULL_OFF_CLOUD,
+    ROOT,
+    eventually,
+    outpost,
+    peers,
+    status,
+)
+from node.testing import Federation as Fed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-POLICY = """
-@id("infer-anywhere")
-permit(principal, action == Action::"infer", resource);
-@id("no-personal-on-cloud")
-forbid(principal, action == Action::"infer", resource)
-  when { resource.data_class == "personal" && context.executor.tier == "cloud" };
-@id("public-anywhere")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-@id("pull-off-cloud")
-permit(principal, action == Action::"model.pull", resource)
-  when { context.target.tier != "cloud" };
-@id("personal-stays-home")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+# DESIGN §4's example, the receiving side's refusal, and pulls by any node but a cloud one.
+POLICY = EXAMPLE_POLICY + NO_PERSONAL_ON_CLOUD + PULL_OFF_CLOUD
 
 SAMPLE = json.loads((ROOT / "models" / "sample" / "digits.json").read_text())
 

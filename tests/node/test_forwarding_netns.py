@@ -50,10 +50,9 @@ from typing import Any
 import pytest
 import tomli_w
 
-from tests.cli.test_federation_cli import enroll
-from tests.conftest import ROOT, outpost
+from node.testing import EXAMPLE_POLICY, NO_PERSONAL_ON_CLOUD, ROOT, enroll, eventually, outpost
 from tests.netns import Host, Topology, namespaces, require_netns
-from tests.node.test_federation_netns import PY, Node, _configure, eventually
+from tests.node.test_federation_netns import PY, Node, _configure
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration, pytest.mark.slow]
 
@@ -63,20 +62,8 @@ DETECT_S = 60.0
 # so a request made before membership notices answers 503 in seconds, not after the default 10.
 FORWARD_TIMEOUT_S = 3.0
 
-POLICY = """
-@id("infer-anywhere")
-permit(principal, action == Action::"infer", resource);
-@id("no-personal-on-cloud")
-forbid(principal, action == Action::"infer", resource)
-  when { resource.data_class == "personal" && context.executor.tier == "cloud" };
-@id("public-anywhere")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "public" };
-@id("personal-stays-home")
-permit(principal, action == Action::"forward", resource)
-  when { resource.data_class == "personal" && context.target.tier != "cloud"
-         && context.target.jurisdiction == resource.jurisdiction };
-"""
+# DESIGN §4's example and the receiving side's refusal.
+POLICY = EXAMPLE_POLICY + NO_PERSONAL_ON_CLOUD
 
 SAMPLE = json.loads((ROOT / "models" / "sample" / "digits.json").read_text())
 IMAGE: list[float] = [float(v) for v in SAMPLE["examples"][0]["input"]]
@@ -244,10 +231,7 @@ class Sites:
                          for s in self.all)
 
     def wait(self, check: Any, what: str, timeout: float = CONVERGE_S) -> Any:
-        try:
-            return eventually(check, timeout, what)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.log_tails()}") from None
+        return eventually(check, timeout, what, interval=0.5, diagnose=self.log_tails)
 
 
 def personal(marker: float = 0.0, rows: int = 1, data_class: str | None = "personal",

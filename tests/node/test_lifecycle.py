@@ -9,14 +9,21 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import OUTPOST, ROOT, init_node, outpost, start_daemon, write_config
+from node.testing import (
+    OUTPOST,
+    ROOT,
+    eventually,
+    init_node,
+    outpost,
+    start_daemon,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +71,7 @@ def test_sigterm_during_load_drains_in_flight_requests_and_exits_0(tmp_path: Pat
         t.start()
     started.wait()
     # let requests get in flight, then ask the daemon to stop
-    deadline = time.monotonic() + 60
-    while len(statuses) < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: len(statuses) >= 4, 60, "four requests answered", interval=0.01)
     daemon.signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=60)
