@@ -31,12 +31,14 @@ from node.testing import (  # noqa: F401  (re-exported)
 pytest_plugins = ["pytester"]  # tests/node/test_testing.py runs the guard on a test of its own
 
 #: How long an async test's event loop may stand still before the test fails. Blocking
-#: calls the guard exists to catch (a sync HTTP request, a subprocess.run, a model load on
-#: the loop) take from tens of ms to seconds; legitimate work between two awaits is well
-#: under 10 ms here. On this 2-core machine shared by ~8 test runs, a loop thread starved of
-#: CPU or the GIL measured up to ~0.3 s behind (and stalls spent parked in the selector are
-#: not counted at all, see LoopBlockGuard): 1 s keeps three times that margin and still
-#: catches every blocking call that matters. OUTPOST_LOOP_BLOCK_S overrides it.
+#: calls the guard exists to catch (starting a daemon, a subprocess.run, a sync HTTP call, a
+#: model load on the loop) take from a fraction of a second to seconds. Legitimate work
+#: between two awaits is milliseconds, but on this 2-core machine shared by ~8 test runs
+#: (load average 11) the longest stall of any async test outside the selector measured
+#: 0.25 s with a 0.1 s threshold (time in the selector is not counted at all, see
+#: LoopBlockGuard). 1 s keeps four times that margin and still caught the two real blocks
+#: found (start_daemon and ray.shutdown on the loop, 1.5-3 s). OUTPOST_LOOP_BLOCK_S
+#: overrides it.
 LOOP_BLOCK_THRESHOLD_S = float(os.environ.get("OUTPOST_LOOP_BLOCK_S", "1.0"))
 
 

@@ -264,6 +264,8 @@ async def test_queue_depth_adds_a_replica_and_a_lull_removes_it(
 
 
 @ray_tests
+@pytest.mark.blocks_loop("ray.shutdown() runs on the loop: Ray vanishes between two requests, "
+                         "with nothing able to run meanwhile (~1.5 s)")
 async def test_ray_stopped_mid_run_falls_back_in_process_then_reconnects(
     ray_up: Any, digits_path: Path, digits_examples: Array
 ) -> None:
