@@ -250,6 +250,7 @@ class DaemonProc:
     proc: subprocess.Popen[str]
     url: str = ""
     log: list[str] = field(default_factory=list)
+    _terminated: bool = field(default=False, init=False, repr=False)
 
     @property
     def hostport(self) -> str:
@@ -266,14 +267,19 @@ class DaemonProc:
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL if it has not drained within 60 s; its exit code."""
-        if self.proc.poll() is None:
+        self.terminate()
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def terminate(self) -> None:
+        """SIGTERM if it runs and was not sent one here yet: the daemon starts draining (a
+        second signal would cut the drain short)."""
+        if self.proc.poll() is None and not self._terminated:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        return self.proc.returncode
+            self._terminated = True
 
 
 def start_daemon(
@@ -417,6 +423,8 @@ class Federation:
         return proc
 
     def stop_all(self) -> None:
+        for proc in self.procs.values():  # SIGTERM to all first: they drain in parallel
+            proc.terminate()
         for proc in self.procs.values():
             proc.stop()
 
