@@ -30,16 +30,29 @@ from node.testing import (  # noqa: F401  (re-exported)
 
 pytest_plugins = ["pytester"]  # tests/node/test_testing.py runs the guard on a test of its own
 
-#: How long an async test's event loop may stand still before the test fails. Blocking
-#: calls the guard exists to catch (starting a daemon, a subprocess.run, a sync HTTP call, a
-#: model load on the loop) take from a fraction of a second to seconds. Legitimate work
-#: between two awaits is milliseconds, but on this 2-core machine shared by ~8 test runs
-#: (load average 11) the longest stall of any async test outside the selector measured
-#: 0.25 s with a 0.1 s threshold (time in the selector is not counted at all, see
-#: LoopBlockGuard). 1 s keeps four times that margin and still caught the two real blocks
-#: found (start_daemon and ray.shutdown on the loop, 1.5-3 s). OUTPOST_LOOP_BLOCK_S
-#: overrides it.
-LOOP_BLOCK_THRESHOLD_S = float(os.environ.get("OUTPOST_LOOP_BLOCK_S", "1.0"))
+#: How long an async test's event loop may stand still before the test fails, on an idle
+#: machine. Blocking calls the guard exists to catch (starting a daemon, a subprocess.run, a
+#: sync HTTP call, a model load or a file copy on the loop) take from a fraction of a second
+#: to seconds; legitimate work between two awaits takes milliseconds. Measured on this 2-core
+#: machine shared by ~8 test runs: at load average 11 the longest stall of any async test
+#: outside the selector was 0.25 s (time parked in the selector is not counted at all, see
+#: LoopBlockGuard); the real blocks found took 1-3 s (start_daemon 3.2 s, ray.shutdown 1.5 s,
+#: shutil.copytree 1.0 s under load, each on the loop). So 1 s, scaled by the run queue.
+LOOP_BLOCK_BASE_S = 1.0
+#: Code on a starved CPU takes longer in proportion to the run queue per core (load average
+#: / cores; here it reached 15: a directory copy on the loop took 1.03 s at load average
+#: ~25). The threshold scales by that factor, capped, so the same blocking code trips it at
+#: any load, and a loaded machine does not fail innocent tests.
+LOOP_BLOCK_MAX_SCALE = 5.0
+
+
+def loop_block_threshold() -> float:
+    """The threshold for a test starting now: OUTPOST_LOOP_BLOCK_S if set (as is), else
+    LOOP_BLOCK_BASE_S scaled by the load per core (1 to LOOP_BLOCK_MAX_SCALE)."""
+    if "OUTPOST_LOOP_BLOCK_S" in os.environ:
+        return float(os.environ["OUTPOST_LOOP_BLOCK_S"])
+    per_core = os.getloadavg()[0] / len(os.sched_getaffinity(0))
+    return LOOP_BLOCK_BASE_S * min(max(per_core, 1.0), LOOP_BLOCK_MAX_SCALE)
 
 
 @pytest.fixture
@@ -106,9 +119,9 @@ RAY_CPUS = 2
 
 @pytest.fixture
 async def loop_block_guard(request: pytest.FixtureRequest) -> AsyncIterator[LoopBlockGuard]:
-    """Fails the test if its event loop stood still longer than LOOP_BLOCK_THRESHOLD_S
+    """Fails the test if its event loop stood still longer than ``loop_block_threshold()``
     (added to every async test; ``@pytest.mark.blocks_loop(reason)`` turns it off)."""
-    with LoopBlockGuard(asyncio.get_running_loop(), LOOP_BLOCK_THRESHOLD_S) as guard:
+    with LoopBlockGuard(asyncio.get_running_loop(), loop_block_threshold()) as guard:
         yield guard
     if guard.stalls and request.node.get_closest_marker("blocks_loop") is None:
         pytest.fail(guard.report(), pytrace=False)

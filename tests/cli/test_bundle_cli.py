@@ -295,7 +295,8 @@ async def test_import_into_a_running_daemon_takes_effect_live(world: World, tmp_
     from node.daemon import start
     from node.sync import IMPORT_ROUTE, admin_route, import_bundle
 
-    a, b = world.node("node-a", tmp_path), world.node("node-b", tmp_path)
+    a = await asyncio.to_thread(world.node, "node-a", tmp_path)  # (copies: off the loop)
+    b = await asyncio.to_thread(world.node, "node-b", tmp_path)
     path = tmp_path / "a.bundle"
     running = await asyncio.to_thread(start_daemon, a)
     try:

@@ -19,7 +19,6 @@ from node.testing import (
     free_port,
     no_loop_blocking,
 )
-from tests.conftest import LOOP_BLOCK_THRESHOLD_S
 
 # -- waiting ---------------------------------------------------------------------------------
 
@@ -112,12 +111,12 @@ def test_the_example_policy_decides_as_design_says() -> None:
 async def test_the_guard_catches_a_blocking_sleep_and_names_where(
     loop_block_guard: LoopBlockGuard,
 ) -> None:
-    time.sleep(LOOP_BLOCK_THRESHOLD_S * 1.5)  # the deliberate mistake
+    time.sleep(loop_block_guard.threshold * 1.5)  # the deliberate mistake
     await asyncio.sleep(0.2)  # the watchdog sees the loop turn again and measures the stall
     [stall] = loop_block_guard.stalls
-    assert stall.seconds >= LOOP_BLOCK_THRESHOLD_S
+    assert stall.seconds >= loop_block_guard.threshold
     assert "test_the_guard_catches_a_blocking_sleep_and_names_where" in stall.stack
-    assert "time.sleep(LOOP_BLOCK_THRESHOLD_S * 1.5)" in stall.stack
+    assert "time.sleep(loop_block_guard.threshold * 1.5)" in stall.stack
     assert "event loop blocked for" in loop_block_guard.report()
     loop_block_guard.stalls.clear()
 
@@ -138,7 +137,9 @@ async def test_no_loop_blocking_raises_with_the_stack() -> None:
         await asyncio.sleep(0.1)
 
 
-def test_an_async_test_that_blocks_its_loop_fails(pytester: pytest.Pytester) -> None:
+def test_an_async_test_that_blocks_its_loop_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The autouse guard, end to end: an unmarked async test that sleeps on its loop fails,
     naming the line (the marked case is the test above)."""
     pytester.makeini(
@@ -148,12 +149,13 @@ def test_an_async_test_that_blocks_its_loop_fails(pytester: pytest.Pytester) -> 
         "from tests.conftest import loop_block_guard, pytest_collection_modifyitems, "
         "pytest_configure  # noqa: F401\n"
     )
+    monkeypatch.setenv("OUTPOST_LOOP_BLOCK_S", "0.5")  # as set, not scaled by the load
     pytester.makepyfile(
-        test_blocking=f"""
+        test_blocking="""
 import asyncio, time
 
 async def test_sleeps_on_the_loop():
-    time.sleep({LOOP_BLOCK_THRESHOLD_S * 1.5})
+    time.sleep(1.0)
     await asyncio.sleep(0.2)
 """
     )
@@ -162,8 +164,8 @@ async def test_sleeps_on_the_loop():
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_sleeps_on_the_loop*",
-            "*event loop blocked for * s (> * s) at:*",
-            "*time.sleep(*",
+            "*event loop blocked for * s (> 0.5 s) at:*",
+            "*time.sleep(1.0)*",
         ]
     )
 
