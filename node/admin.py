@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from federation.errors import FederationError
 from models import ModelError
 from node.audit import AuditError, AuditReader
+from node.errors import OperatorError
 from node.http import HTTPError, Receive, Scope, Send, read_body, send_error, send_json
 from node.modelhost import ModelHost, ModelNotFound
-from node.store import StoreError
 
 log = logging.getLogger("outpost.admin")
 
@@ -50,10 +51,12 @@ class AdminApp:
             await self._dispatch(scope, receive, send)
         except HTTPError as exc:
             await send_error(send, exc)
-        except (ModelError, StoreError, ValueError) as exc:
-            await send_error(send, HTTPError(400, str(exc)))
         except ModelNotFound as exc:
             await send_error(send, HTTPError(404, str(exc)))
+        except (OperatorError, FederationError, ModelError) as exc:
+            # The operator's request or the document/model it handed over is wrong: refuse it.
+            # Anything else (NodeFault, a bug) is ours: 500, and the log has the traceback.
+            await send_error(send, HTTPError(400, str(exc)))
         except Exception as exc:
             log.exception("admin %s %s failed", scope["method"], scope["path"])
             await send_error(send, HTTPError(500, f"internal error: {exc}; see the daemon log"))

@@ -62,6 +62,7 @@ from federation.merkle import (
 )
 from federation.note import Checkpoint, Signer, Verifier
 from node.config import AuditSection
+from node.errors import NodeFault
 from node.store import Store
 
 log = logging.getLogger("outpost.audit")
@@ -72,7 +73,7 @@ HEAD_MAX_LAG_S = 0.05
 """Under sustained load, store a signed head at least this often."""
 
 
-class AuditError(RuntimeError):
+class AuditError(NodeFault):
     """The audit log cannot append or answer; the message names the fix."""
 
 

@@ -419,21 +419,21 @@ def _append(payload: dict[str, Any]) -> Callable[[Any, Any], Awaitable[int]]:
 
 def _entry(record: Callable[..., Any], payload: dict[str, Any],
            policy_version: int | None) -> Any:
-    """The audit entry of one chunk; ValueError if the payload is malformed."""
+    """The audit entry of one chunk; BatchError if the payload is malformed."""
     try:
         texts = {k: payload[k] for k in ("model", "version", "data_class", "job",
                                          "input_sha256")}
         if not all(isinstance(v, str) for v in texts.values()):
-            raise ValueError(f"model, version, data_class, job and input_sha256 must be "
+            raise BatchError(f"model, version, data_class, job and input_sha256 must be "
                              f"strings, got {texts}")
         name, version = texts["model"], texts["version"]
         validate_name(name)
         validate_version(version)
         ints = {k: payload[k] for k in ("chunk", "start", "rows")}
         if not all(type(v) is int and v >= 0 for v in ints.values()):
-            raise ValueError(f"chunk, start and rows must be integers >= 0, got {ints}")
+            raise BatchError(f"chunk, start and rows must be integers >= 0, got {ints}")
         if payload["engine"] not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}")
+            raise BatchError(f"engine must be one of {ENGINES}")
         return record(
             "infer", model=name, version=version, caller="batch",
             data_class=texts["data_class"][:64], outcome="ok",
@@ -441,11 +441,11 @@ def _entry(record: Callable[..., Any], payload: dict[str, Any],
             detail={**ints, "job": texts["job"][:32], "engine": payload["engine"]},
         )
     except KeyError as exc:
-        raise ValueError(f"batch audit entry lacks {exc}") from None
+        raise BatchError(f"batch audit entry lacks {exc}") from None
     except Exception as exc:
-        if isinstance(exc, ValueError):
+        if isinstance(exc, BatchError):
             raise
-        raise ValueError(f"bad batch audit entry: {exc}") from exc
+        raise BatchError(f"bad batch audit entry: {exc}") from exc
 
 
 def admin_route(daemon: Daemon) -> Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]:

@@ -25,12 +25,13 @@ import tomli_w
 
 from models.ray_backend import RayConfig
 from models.runtime import RuntimeConfig
+from node.errors import OperatorError
 
 CONFIG_FILE = "outpost.toml"
 _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """The configuration file or a setting in it is invalid; the message names the key and fix."""
 
 

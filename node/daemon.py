@@ -29,7 +29,6 @@ from typing import Any
 import uvicorn
 
 from federation.canonical import b64encode
-from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import create_backend
@@ -48,6 +47,7 @@ from node.enrollment import (
     policy_bundle,
     revocations,
 )
+from node.errors import StartupError
 from node.federate import explain, peer_routes, peers_view, start_federation
 from node.forward import Router
 from node.http import HTTPError, Receive, Scope, Send, send_json
@@ -64,10 +64,6 @@ from node.store import Store, StoreError, get_doc
 log = logging.getLogger("outpost.daemon")
 
 EXIT_STARTUP_FAILURE = 3
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start; the message is one line that names the fix."""
 
 
 def server_version() -> str:
@@ -234,10 +230,9 @@ class Daemon:
 
     async def apply(self, body: bytes) -> dict[str, Any]:
         """Apply an authority-signed document (revocation list, policy bundle) live."""
-        try:
-            applied = await apply_document(self.store, self.data_dir, body)
-        except (FederationError, EnrollmentError) as exc:
-            raise ValueError(str(exc)) from exc
+        # FederationError (did not verify) and EnrollmentError pass through: the admin API
+        # refuses both with 400, the CLI prints them.
+        applied = await apply_document(self.store, self.data_dir, body)
         await self.audit.append(self.audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
         if applied.kind == "revocation" and self.credentials is not None:
             held = await revocations(self.store, self.data_dir)

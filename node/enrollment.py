@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation import identity
 from federation.errors import FederationError, RollbackRefused
 from federation.identity import NodeIdentity, RevocationList
+from node.errors import OperatorError
 from node.store import Store, get_doc, put_doc
 
 NODE_CERT = "node.crt"
@@ -27,7 +28,7 @@ _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 _PEM_CRL = b"-----BEGIN X509 CRL-----"
 
 
-class EnrollmentError(RuntimeError):
+class EnrollmentError(OperatorError):
     """Enrollment files are missing, foreign or inconsistent; the message names the fix."""
 
 

@@ -219,7 +219,11 @@ def _load_inputs(text: str) -> Any:
     path = Path(text)
     if not text.lstrip().startswith(("{", "[")) and path.exists():
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            try:
+                return np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise DaemonError(f"--input {path} is not a NumPy .npy array ({exc}); save it "
+                                  "with numpy.save") from None
         text = path.read_text()
     try:
         return json.loads(text)

@@ -163,10 +163,17 @@ def policy_sign(ca_dir: Path, policy: Path, version: int, out: Path,
     body = sign_bundle(
         auth.key, policy.read_text(), version, rfc3339(now()), auth.name,
         schema=schema.read_text() if schema else None,
-        entities=json.loads(entities.read_text()) if entities else None,
+        entities=_json_file(entities) if entities else None,
     )
     out.write_bytes(body)
     return {"federation": auth.name, "version": version, "file": str(out)}
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise EnrollmentError(f"{path} is not JSON ({exc}); give a Cedar entities JSON file") from None
 
 
 def policy_show(data_dir: Path) -> dict[str, Any] | None:
@@ -272,12 +279,17 @@ def join(data_dir: Path, cert: Path, seeds: list[str]) -> dict[str, Any]:
 
 def apply(data_dir: Path, document: Path) -> dict[str, Any]:
     body = document.read_bytes()
+    try:
+        text = body.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise EnrollmentError(
+            f"{document} is not text, so not an authority-signed document; give the file "
+            "written by `outpost federation revoke` or `outpost policy sign`"
+        ) from None
     client = connect(data_dir)
     if client is not None:
         with client:
-            result: dict[str, Any] = client.request(
-                "POST", "/apply", {"document": body.decode("utf-8", errors="strict")}
-            )
+            result: dict[str, Any] = client.request("POST", "/apply", {"document": text})
             return result
     config = cfg.load(data_dir)
     key = load_key(data_dir)

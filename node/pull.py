@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from node.errors import OperatorError
 from node.http import HTTPError, Receive, Scope, Send, header, send_json
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 
 
-class PullError(RuntimeError):
+class PullError(OperatorError):
     """The model could not be fetched or did not verify; the message names the fix."""
 
 

@@ -83,6 +83,7 @@ from node.enrollment import (
     now,
     revocations,
 )
+from node.errors import OperatorError
 from node.keys import load_key
 from node.modelhost import BLOB_DIR, ModelHost
 from node.store import Store, StoreError, get_doc
@@ -105,7 +106,7 @@ IMPORT_ROUTE = "/bundle/import"
 _CHUNK = 1 << 20
 
 
-class BundleError(ValueError):
+class BundleError(OperatorError, ValueError):
     """A bundle cannot be written or imported here; the message names the fix.
 
     (Refusals of the file itself — bad signature, foreign federation, altered entries — are
@@ -550,8 +551,8 @@ def admin_route(daemon: LiveNode) -> AdminHandler:
         try:
             async with lock:
                 return 200, await _import(node, Path(path))
-        except (FederationError, EnrollmentError, AuditError, ModelError, StoreError,
-                ValueError) as exc:
+        except (OperatorError, FederationError, ModelError) as exc:
+            # A fault of the node (NodeFault: store, audit log) goes on to the admin API: 500.
             return 400, {"error": str(exc)}
 
     return handle
