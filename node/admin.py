@@ -19,6 +19,7 @@ from models import ModelError
 from node.audit import AuditError, AuditReader
 from node.errors import OperatorError
 from node.http import HTTPError, Receive, Scope, Send, read_body, send_error, send_json
+from node.limits import ADMIN_MAX_BODY_BYTES
 from node.modelhost import ModelHost, ModelNotFound
 
 log = logging.getLogger("outpost.admin")
@@ -63,7 +64,7 @@ class AdminApp:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        body = await read_body(scope, receive, 1024 * 1024)
+        body = await read_body(scope, receive, ADMIN_MAX_BODY_BYTES)
         try:
             payload: dict[str, Any] = json.loads(body) if body else {}
         except json.JSONDecodeError as exc:

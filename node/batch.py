@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -43,9 +43,20 @@ from node import config as cfg
 from node import control
 from node.batchio import BatchError, BatchInput, BatchOutput, Manifest, input_sha256
 from node.client import DaemonError, connect
+from node.limits import OFFLINE_LOCK_RETRY_S, OFFLINE_LOCK_WAIT_S
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.ports import AuditSink
+
+
+class AuditingNode(Protocol):
+    """What the daemon's batch route needs: its audit log and the policy version in force."""
+
+    @property
+    def audit(self) -> AuditSink: ...
+
+    @property
+    def policy_version(self) -> int | None: ...
 
 __all__ = ["AUDIT_ROUTE", "BatchError", "BatchSettings", "admin_route", "node_ray_config",
            "run_batch"]
@@ -60,8 +71,8 @@ Progress = Callable[[int, int], None]
 #: Admin-socket route of a running daemon that appends one batch chunk's audit entry.
 AUDIT_ROUTE = "/batch/audit"
 ENGINES = ("onnxruntime", "ray-data")
-_LOCK_RETRY_S = 0.2
-_LOCK_WAIT_S = 30.0  # another CLI command (or a starting daemon) holds the lock this long at most
+_LOCK_RETRY_S = OFFLINE_LOCK_RETRY_S
+_LOCK_WAIT_S = OFFLINE_LOCK_WAIT_S  # another CLI command (or a starting daemon) holds the lock
 
 
 @dataclass(frozen=True)
@@ -448,7 +459,7 @@ def _entry(record: Callable[..., Any], payload: dict[str, Any],
         raise BatchError(f"bad batch audit entry: {exc}") from exc
 
 
-def admin_route(daemon: Daemon) -> Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]:
+def admin_route(daemon: AuditingNode) -> Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]:
     """The daemon's handler of ``POST /batch/audit``: appends one chunk's entry (durably,
     before answering) with the policy version in force. Register it with
     ``admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(daemon))``."""

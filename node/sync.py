@@ -85,6 +85,7 @@ from node.enrollment import (
 )
 from node.errors import OperatorError
 from node.keys import load_key
+from node.limits import FILE_CHUNK_BYTES
 from node.modelhost import BLOB_DIR, ModelHost
 from node.store import Store, StoreError, get_doc
 
@@ -103,7 +104,7 @@ __all__ = [
 #: Admin-socket route of a running daemon that imports a bundle file (JSON ``{"path": ...}``).
 IMPORT_ROUTE = "/bundle/import"
 
-_CHUNK = 1 << 20
+_CHUNK = FILE_CHUNK_BYTES
 
 
 class BundleError(OperatorError, ValueError):
@@ -460,12 +461,19 @@ def _write_file(out: Path, head: bytes, blobs: Sequence[tuple[ModelRef, Path]]) 
 
 
 class LiveNode(Protocol):
-    """What the import needs of a running daemon (``node.daemon.Daemon`` has all of it)."""
+    """What the import needs of a running daemon (wired in ``node.daemon``)."""
 
-    data_dir: Path
-    store: Store
-    audit: AuditLog
-    host: ModelHost
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def host(self) -> ModelHost: ...
 
     async def apply(self, body: bytes) -> dict[str, Any]: ...
 
