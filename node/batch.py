@@ -23,7 +23,6 @@ unaudited. Must never write the audit log while a daemon owns it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -315,7 +314,9 @@ def _find_model(data_dir: Path, name: str, version: str | None) -> _Model:
         with client:
             records: list[dict[str, Any]] = client.request("GET", "/models")
     else:
-        records = _offline(data_dir, "outpost batch run", _list_models)
+        from node.offline import read_store
+
+        records = read_store(data_dir, _list_models)
     mine = [r for r in records if r["name"] == name]
     if version is not None:
         mine = [r for r in mine if r["version"] == version]
@@ -330,47 +331,24 @@ def _find_model(data_dir: Path, name: str, version: str | None) -> _Model:
                   ModelSignature.from_json(record["signature"]))
 
 
-async def _list_models(store: Any, _audit: Any) -> list[dict[str, Any]]:
+async def _list_models(store: Any) -> list[dict[str, Any]]:
     return [r.to_json() for r in await store.list_models()]
 
 
-def _offline(data_dir: Path, holder: str,
-             fn: Callable[[Any, Any], Awaitable[T]], *, audit: bool = False) -> T:
+def _offline(data_dir: Path, holder: str, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run ``fn(store, audit_log)`` with no daemon, under the data-dir lock (waiting a
     little if another command holds it). Raises _DaemonStarted if a daemon took it."""
-    from node.audit import AuditLog
-    from node.enrollment import load_identity
-    from node.keys import load_key
-    from node.store import Store
+    from node.offline import OfflineNode, run_offline  # the job's process stays light
 
-    config = _node_config(data_dir)
+    async def go(node: OfflineNode) -> T:
+        return await fn(node.store, node.audit)
 
-    async def go() -> T:
-        store = await Store.open(data_dir)
-        try:
-            if not audit:
-                return await fn(store, None)
-            ident = load_identity(data_dir)
-            log_ = await AuditLog.open(store, load_key(data_dir), config.node.name,
-                                       ident.federation if ident else None, config.audit)
-            try:
-                return await fn(store, log_)
-            finally:
-                await log_.close()
-        finally:
-            await store.close()
-
-    deadline = time.monotonic() + _LOCK_WAIT_S
-    while True:
-        try:
-            with control.offline_lock(data_dir, holder):
-                return asyncio.run(go())
-        except control.Busy:
-            if control.read_runtime(data_dir) is not None:
-                raise _DaemonStarted() from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(_LOCK_RETRY_S)
+    try:
+        return run_offline(data_dir, holder, go, config=_node_config, wait_s=_LOCK_WAIT_S)
+    except control.Busy:
+        if control.read_runtime(data_dir) is not None:
+            raise _DaemonStarted() from None
+        raise
 
 
 class _DaemonStarted(Exception):
@@ -410,7 +388,7 @@ class _Audit:
                 self.where = "daemon"
                 return
             try:
-                _offline(self.data_dir, "outpost batch run", _append(payload), audit=True)
+                _offline(self.data_dir, "outpost batch run", _append(payload))
             except _DaemonStarted:
                 continue
             self.where = "offline"
