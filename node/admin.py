@@ -2,7 +2,11 @@
 
 The CLI talks to a running daemon through it, so that ``outpost models add`` loads the model live
 and ``outpost status`` shows the daemon's own view. Access control is the socket file's mode:
-only the node's owner can connect. JSON in, JSON out; errors as ``{"error": ...}``.
+only the node's owner can connect. JSON in, JSON out; errors as ``{"error": ...}``: 400 for
+the operator's mistakes (``node.errors.OperatorError``, and a document or model that does
+not verify), 404 for an unknown model or route, 500 for everything else (a fault of the
+node, logged with its traceback). Routes other modules own (bundle import, batch audit,
+peers, policy explain) are registered by ``node.daemon`` with :meth:`AdminApp.route`.
 """
 
 from __future__ import annotations
@@ -106,9 +110,11 @@ def _int(query: dict[str, str], key: str, default: int | None = None) -> int | N
 
 
 async def audit_query(reader: AuditReader, what: str, query: dict[str, str]) -> Any:
-    """The audit log's read API, shared by the admin socket and (later) the peer endpoint:
+    """The audit log's read API, shared by the admin socket and the peer endpoint (which
+    serves witnesses only the checkpoint and proof views, see ``node.federate``):
     ``checkpoint[?size=N]``, ``entries?start=&end=``, ``proof?index=&size=``,
-    ``consistency?old=&new=``, ``verify``."""
+    ``consistency?old=&new=``, ``verify``. A bad query (size, index) is the caller's
+    mistake: 400."""
     try:
         if what == "checkpoint":
             size = _int(query, "size")
