@@ -1,12 +1,27 @@
-"""The daemon's one structured lifecycle: startup → serve → drain → shutdown.
+"""The daemon's one structured lifecycle: startup → serve → drain → shutdown; and the one
+module that assembles a node from its components.
 
-Startup opens every component in order (lock, key, database and migrations, model runtime,
-listeners) and reports ready only once the listeners accept. Any startup failure raises
-:class:`StartupError` with one line naming the fix; the CLI turns it into exit code 3.
+Startup (:func:`start`) constructs every component completely and in order — lock, key and
+identity, database, audit log, runtime and models, the task owner, policy and documents,
+sockets, peer credentials and the cluster, the request path, the admin API, listeners,
+gossip and mDNS, background loops — and reports ready only once the listeners accept. The
+:class:`Daemon` it returns is frozen: nothing in it is filled in later. Any startup failure
+raises :class:`StartupError` with one line naming the fix (the CLI exits 3), after closing
+what was already open.
 
-On SIGTERM or SIGINT: readiness drops, listeners stop accepting, in-flight requests get
-``node.drain_timeout_s`` to finish (a second signal cuts that short), model queues drain, the
-audit trail records the stop, and the process exits 0.
+On SIGTERM or SIGINT: readiness drops, mDNS and the cluster stop, listeners stop accepting,
+in-flight requests get ``node.drain_timeout_s`` to finish (a second signal cuts that short),
+background tasks finish or are cancelled, model queues drain, the audit trail records the
+stop, and the process exits 0. Every wait has a bound (``node.limits``).
+
+Adding a component: construct it in :func:`start` after what it needs; hand it only the
+narrow parts it uses (a Protocol from ``node.ports`` or one declared beside its own code,
+or a frozen ``...Deps`` dataclass like ``ForwardDeps``); give background work to ``tasks``
+(``TaskOwner.spawn``/``every``), never ``asyncio.create_task``; register its stop with
+``stoppers`` (or ``cleanup`` for a failed start); subscribe to documents with
+``documents.on_revocation``/``on_applied``; add admin routes in :func:`_admin_app` and peer
+routes where the peer app is built. No other module may import this one
+(``tests/node/test_import_graph.py``).
 """
 
 from __future__ import annotations
@@ -289,8 +304,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
 
         peers: PeerDirectory = NoPeers()
-        cluster: Cluster | None = None
-        enrolled: tuple[FederationDeps, PeerCredentials, socket.socket] | None = None
+        enrolled: _Enrolled | None = None  # None: a lone node (no identity, no peers)
         peer_listen = ""
         if ident is not None:
             credentials = PeerCredentials(
@@ -312,19 +326,19 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             documents.on_revocation(cluster.update_revocations)
             documents.on_applied(cluster.put_document)
             peers = cluster
-            enrolled = (fed, credentials, peer_sock)
+            enrolled = _Enrolled(fed, cluster, peer_sock)
 
         router = Router(ForwardDeps(
             node_id=node_id, default_data_class=config.node.default_data_class,
             me=NodeAttrs(**ident.attributes()) if ident else None, peers=peers, policy=policy,
             models=host, audit=audit, metrics=metrics,
-            client_tls=enrolled[1].client if enrolled else _no_tls,
+            client_tls=enrolled.deps.credentials.client if enrolled else _no_tls,
         ), config.placement.core(), config.placement.forward_timeout_s)
         cleanup.append(router.close)
         documents.on_revocation(lambda _crl: router.reset_client())
 
         status = _Status(node_id, data_dir, time.time(), listen, peer_listen, ident, audit,
-                         policy, host, app_state, cluster)
+                         policy, host, app_state, enrolled.cluster if enrolled else None)
         admin = _admin_app(_AdminNode(data_dir, store, audit, host, documents, policy), status,
                            ident, peers)
 
@@ -339,8 +353,9 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                                            drain))
         servers.append(await start_server(admin, admin_sock, drain))
         stoppers: list[Stopper] = []
-        if enrolled is not None and cluster is not None:
-            fed, credentials, peer_sock = enrolled
+        if enrolled is not None:
+            fed, cluster, peer_sock = enrolled.deps, enrolled.cluster, enrolled.peer_sock
+            credentials = fed.credentials
             peer_app = PeerApp(lambda route: metrics.peer_requests.labels(route).inc(),
                                credentials)
             peer_routes(peer_app, fed, cluster, router)
@@ -392,6 +407,15 @@ async def start(data_dir: Path, config: Config) -> Daemon:
     log.info("node %s ready: app endpoint http://%s, admin %s", node_id, listen,
              data_dir / control.ADMIN_SOCKET)
     return daemon
+
+
+@dataclass(frozen=True)
+class _Enrolled:
+    """The parts only an enrolled node has, built before the listeners start."""
+
+    deps: FederationDeps
+    cluster: Cluster
+    peer_sock: socket.socket
 
 
 def _no_tls() -> ssl.SSLContext:
