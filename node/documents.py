@@ -20,7 +20,7 @@ from typing import Any
 
 from federation.identity import RevocationList, read_revocation_list
 from federation.policy_engine import PolicyEngine
-from node.enrollment import Applied, apply_document, policy_bundle, revocations
+from node.enrollment import AUTHORITY_CERT, Applied, apply_document, policy_bundle, revocations
 from node.ports import AuditSink, Spawner
 from node.store import Store, get_doc, put_doc
 
@@ -130,7 +130,7 @@ class Documents:
             return
         await put_doc(self._store, kind, version, body)
         if kind == "revocation":
-            authority = (self._data_dir / "federation.crt").read_bytes()
+            authority = (self._data_dir / AUTHORITY_CERT).read_bytes()
             await self._revoked(read_revocation_list(body, authority))
         elif kind == "policy":
             self._policy.use(version)
