@@ -48,6 +48,12 @@ AUDIT_PAGE_ENTRIES: Final = 2000
 #: Earlier published checkpoints a witness is handed consistency proofs from: covers a
 #: witness that missed a few checkpoint rounds without growing the gossip item.
 PROOF_HISTORY: Final = 8
+#: Store the signed head once no entry arrived for this long after a commit: a burst of
+#: requests shares one signature, a lone request waits ~2 ms more for its checkpoint.
+AUDIT_HEAD_IDLE_S: Final = 0.002
+#: Under sustained load, store a signed head at least this often: bounds how far the
+#: stored checkpoint trails the log (what witnesses and a crash recovery see).
+AUDIT_HEAD_MAX_LAG_S: Final = 0.05
 #: How often the audit writer is asked to store its signed head when idle (it does so only
 #: when the head moved).
 AUDIT_TICK_S: Final = 1.0
