@@ -29,26 +29,17 @@ def errors() -> Iterator[None]:
     """Turn every expected failure into one line on stderr and a non-zero exit."""
     from federation.errors import FederationError
     from models import ModelError
-    from node.audit import AuditError
-    from node.authority import AuthorityError
-    from node.client import DaemonError
-    from node.config import ConfigError
-    from node.control import Busy
-    from node.enrollment import EnrollmentError
-    from node.keys import NodeKeyError
-    from node.modelhost import ModelNotFound
-    from node.store import StoreError
+    from node.errors import NodeError
 
     try:
         yield
     except CliError as exc:
         click.echo(f"outpost: error: {exc}", err=True)
         sys.exit(exc.code)
-    except (ModelError, ConfigError, Busy, DaemonError, NodeKeyError, ModelNotFound,
-            StoreError, FederationError, AuditError, AuthorityError, EnrollmentError,
-            ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, ModelNotFound) and exc.args else str(exc)
-        click.echo(f"outpost: error: {message}", err=True)
+    except (NodeError, FederationError, ModelError) as exc:
+        # The three packages' roots: every error they raise on purpose names its fix. A bug
+        # (anything else) keeps its traceback.
+        click.echo(f"outpost: error: {exc}", err=True)
         sys.exit(1)
 
 

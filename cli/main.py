@@ -54,8 +54,9 @@ def init(data_dir: Path, name: str | None, no_sample: bool) -> None:
 def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: str) -> None:
     """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
     from node import config as cfg
-    from node.daemon import EXIT_STARTUP_FAILURE, StartupError
+    from node.daemon import EXIT_STARTUP_FAILURE
     from node.daemon import run as run_daemon
+    from node.errors import StartupError
 
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr,

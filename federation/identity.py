@@ -61,6 +61,7 @@ from federation.errors import BadCertificate, BadSignature, MalformedInput, Revo
 __all__ = [
     "AUTHORITY_VALIDITY",
     "CLOCK_SKEW",
+    "NODE_ID_PATTERN",
     "OID_NODE_ATTRIBUTES",
     "OID_REVOKED_NODE_IDS",
     "TIERS",
@@ -96,11 +97,15 @@ ENROLLMENT_TYPE = "outpost.enrollment-request.v1"
 MAX_LABELS = 32
 MAX_DOCUMENT_BYTES = 64 * 1024  # enrollment requests are ~300 bytes
 
-# Node ids are lowercase DNS names: they go in the certificate's SAN, in the
-# checkpoint origin (no '+', spaces or '/') and in URLs; lowercase only, because DNS
-# would treat "Edge-1" and "edge-1" as one name while we would see two nodes.
+# The one node-id rule (``node.config`` uses it for the configured name): one lowercase
+# DNS label. Node ids go in the certificate's SAN, in the checkpoint origin (no '+',
+# spaces or '/'), in URLs and as the mDNS instance label (one label, at most 63 bytes);
+# lowercase only, because DNS would treat "Edge-1" and "edge-1" as one name while we
+# would see two nodes. Federation names may be dotted DNS names.
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_NODE_ID_RE = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+NODE_ID_PATTERN = _DNS_LABEL
+_NODE_ID_RE = re.compile(NODE_ID_PATTERN)
+_DNS_NAME_RE = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _JURISDICTION_RE = re.compile(r"[A-Z]{2}")
 _LABEL_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,62}")
@@ -111,16 +116,20 @@ _LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9._:/@-]{0,128}")
 
 
 def validate_node_id(node_id: str) -> str:
-    if not isinstance(node_id, str) or len(node_id) > 253 or not _NODE_ID_RE.fullmatch(node_id):
+    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
         raise MalformedInput(
-            f"node id {node_id!r} is invalid; use a lowercase DNS name "
-            "(letters, digits, '-', dots between labels, at most 253 characters)"
+            f"node id {node_id!r} is invalid; use 1-63 characters a-z, 0-9 and '-', starting "
+            "and ending with a letter or digit (one lowercase DNS label)"
         )
     return node_id
 
 
 def validate_federation_name(name: str) -> str:
-    validate_node_id(name)
+    if not isinstance(name, str) or len(name) > 253 or not _DNS_NAME_RE.fullmatch(name):
+        raise MalformedInput(
+            f"federation name {name!r} is invalid; use a lowercase DNS name "
+            "(letters, digits, '-', dots between labels, at most 253 characters)"
+        )
     if name == "local":
         raise MalformedInput("'local' is reserved for nodes not yet enrolled; pick another name")
     return name

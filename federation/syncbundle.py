@@ -167,6 +167,8 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_MODELS",
     "MAX_MODEL_BYTES",
+    "MODEL_NAME_PATTERN",
+    "MODEL_VERSION_PATTERN",
     "LogHead",
     "LogMerge",
     "LogSection",
@@ -222,8 +224,13 @@ MAX_MODEL_BYTES: Final = 2**53 - 1
 
 # Model names and versions: the pattern of models.names (not imported: federation does not
 # depend on the models package). Names end up in paths and Cedar ids.
-_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_MODEL_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The model-name rule is ``models.names`` (NAME_PATTERN, VERSION_PATTERN, no ".."); the
+# protocol core does not import the runtime package, so it holds the same patterns, and
+# tests/node/test_rules.py fails the day the two differ.
+MODEL_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+MODEL_VERSION_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+_MODEL_VERSION_RE = re.compile(MODEL_VERSION_PATTERN)
 _SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 

@@ -2,7 +2,11 @@
 
 The CLI talks to a running daemon through it, so that ``outpost models add`` loads the model live
 and ``outpost status`` shows the daemon's own view. Access control is the socket file's mode:
-only the node's owner can connect. JSON in, JSON out; errors as ``{"error": ...}``.
+only the node's owner can connect. JSON in, JSON out; errors as ``{"error": ...}``: 400 for
+the operator's mistakes (``node.errors.OperatorError``, and a document or model that does
+not verify), 404 for an unknown model or route, 500 for everything else (a fault of the
+node, logged with its traceback). Routes other modules own (bundle import, batch audit,
+peers, policy explain) are registered by ``node.daemon`` with :meth:`AdminApp.route`.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from federation.errors import FederationError
 from models import ModelError
 from node.audit import AuditError, AuditReader
+from node.errors import OperatorError
 from node.http import HTTPError, Receive, Scope, Send, read_body, send_error, send_json
+from node.limits import ADMIN_MAX_BODY_BYTES
 from node.modelhost import ModelHost, ModelNotFound
-from node.store import StoreError
 
 log = logging.getLogger("outpost.admin")
 
@@ -50,17 +56,19 @@ class AdminApp:
             await self._dispatch(scope, receive, send)
         except HTTPError as exc:
             await send_error(send, exc)
-        except (ModelError, StoreError, ValueError) as exc:
-            await send_error(send, HTTPError(400, str(exc)))
         except ModelNotFound as exc:
             await send_error(send, HTTPError(404, str(exc)))
+        except (OperatorError, FederationError, ModelError) as exc:
+            # The operator's request or the document/model it handed over is wrong: refuse it.
+            # Anything else (NodeFault, a bug) is ours: 500, and the log has the traceback.
+            await send_error(send, HTTPError(400, str(exc)))
         except Exception as exc:
             log.exception("admin %s %s failed", scope["method"], scope["path"])
             await send_error(send, HTTPError(500, f"internal error: {exc}; see the daemon log"))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
-        body = await read_body(scope, receive, 1024 * 1024)
+        body = await read_body(scope, receive, ADMIN_MAX_BODY_BYTES)
         try:
             payload: dict[str, Any] = json.loads(body) if body else {}
         except json.JSONDecodeError as exc:
@@ -102,9 +110,11 @@ def _int(query: dict[str, str], key: str, default: int | None = None) -> int | N
 
 
 async def audit_query(reader: AuditReader, what: str, query: dict[str, str]) -> Any:
-    """The audit log's read API, shared by the admin socket and (later) the peer endpoint:
+    """The audit log's read API, shared by the admin socket and the peer endpoint (which
+    serves witnesses only the checkpoint and proof views, see ``node.federate``):
     ``checkpoint[?size=N]``, ``entries?start=&end=``, ``proof?index=&size=``,
-    ``consistency?old=&new=``, ``verify``."""
+    ``consistency?old=&new=``, ``verify``. A bad query (size, index) is the caller's
+    mistake: 400."""
     try:
         if what == "checkpoint":
             size = _int(query, "size")

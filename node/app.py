@@ -36,6 +36,7 @@ from node.http import (
     send_json,
     send_response,
 )
+from node.limits import HEADER_JSON_LENGTH
 from node.metrics import CONTENT_TYPE as METRICS_TYPE
 from node.metrics import Metrics
 from node.modelhost import ModelHost, ModelNotFound, Served
@@ -44,7 +45,7 @@ log = logging.getLogger("outpost.app")
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
-_HDR_LEN = b"inference-header-content-length"
+_HDR_LEN = HEADER_JSON_LENGTH.encode()
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 
 

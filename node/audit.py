@@ -62,17 +62,18 @@ from federation.merkle import (
 )
 from federation.note import Checkpoint, Signer, Verifier
 from node.config import AuditSection
+from node.errors import NodeFault
+from node.limits import AUDIT_HEAD_IDLE_S, AUDIT_HEAD_MAX_LAG_S
 from node.store import Store
 
 log = logging.getLogger("outpost.audit")
 
-HEAD_IDLE_S = 0.002
-"""Store the signed head once no entry arrived for this long after a commit."""
-HEAD_MAX_LAG_S = 0.05
-"""Under sustained load, store a signed head at least this often."""
+# Head timing, with the reasons, is in node.limits.
+HEAD_IDLE_S = AUDIT_HEAD_IDLE_S
+HEAD_MAX_LAG_S = AUDIT_HEAD_MAX_LAG_S
 
 
-class AuditError(RuntimeError):
+class AuditError(NodeFault):
     """The audit log cannot append or answer; the message names the fix."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from federation import identity
 from federation.identity import Authority
+from node.errors import OperatorError
 
 KEY_FILE = "authority.key"
 CERT_FILE = "authority.crt"
@@ -28,7 +29,7 @@ ISSUED_FILE = "issued.json"
 REVOKED_FILE = "revoked.json"
 
 
-class AuthorityError(RuntimeError):
+class AuthorityError(OperatorError):
     """The authority directory is missing, incomplete or inconsistent."""
 
 

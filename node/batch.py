@@ -23,7 +23,6 @@ unaudited. Must never write the audit log while a daemon owns it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -32,7 +31,7 @@ import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -43,9 +42,20 @@ from node import config as cfg
 from node import control
 from node.batchio import BatchError, BatchInput, BatchOutput, Manifest, input_sha256
 from node.client import DaemonError, connect
+from node.limits import OFFLINE_LOCK_RETRY_S, OFFLINE_LOCK_WAIT_S
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.ports import AuditSink
+
+
+class AuditingNode(Protocol):
+    """What the daemon's batch route needs: its audit log and the policy version in force."""
+
+    @property
+    def audit(self) -> AuditSink: ...
+
+    @property
+    def policy_version(self) -> int | None: ...
 
 __all__ = ["AUDIT_ROUTE", "BatchError", "BatchSettings", "admin_route", "node_ray_config",
            "run_batch"]
@@ -60,8 +70,8 @@ Progress = Callable[[int, int], None]
 #: Admin-socket route of a running daemon that appends one batch chunk's audit entry.
 AUDIT_ROUTE = "/batch/audit"
 ENGINES = ("onnxruntime", "ray-data")
-_LOCK_RETRY_S = 0.2
-_LOCK_WAIT_S = 30.0  # another CLI command (or a starting daemon) holds the lock this long at most
+_LOCK_RETRY_S = OFFLINE_LOCK_RETRY_S
+_LOCK_WAIT_S = OFFLINE_LOCK_WAIT_S  # another CLI command (or a starting daemon) holds the lock
 
 
 @dataclass(frozen=True)
@@ -304,7 +314,9 @@ def _find_model(data_dir: Path, name: str, version: str | None) -> _Model:
         with client:
             records: list[dict[str, Any]] = client.request("GET", "/models")
     else:
-        records = _offline(data_dir, "outpost batch run", _list_models)
+        from node.offline import read_store
+
+        records = read_store(data_dir, _list_models)
     mine = [r for r in records if r["name"] == name]
     if version is not None:
         mine = [r for r in mine if r["version"] == version]
@@ -319,47 +331,24 @@ def _find_model(data_dir: Path, name: str, version: str | None) -> _Model:
                   ModelSignature.from_json(record["signature"]))
 
 
-async def _list_models(store: Any, _audit: Any) -> list[dict[str, Any]]:
+async def _list_models(store: Any) -> list[dict[str, Any]]:
     return [r.to_json() for r in await store.list_models()]
 
 
-def _offline(data_dir: Path, holder: str,
-             fn: Callable[[Any, Any], Awaitable[T]], *, audit: bool = False) -> T:
+def _offline(data_dir: Path, holder: str, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run ``fn(store, audit_log)`` with no daemon, under the data-dir lock (waiting a
     little if another command holds it). Raises _DaemonStarted if a daemon took it."""
-    from node.audit import AuditLog
-    from node.enrollment import load_identity
-    from node.keys import load_key
-    from node.store import Store
+    from node.offline import OfflineNode, run_offline  # the job's process stays light
 
-    config = _node_config(data_dir)
+    async def go(node: OfflineNode) -> T:
+        return await fn(node.store, node.audit)
 
-    async def go() -> T:
-        store = await Store.open(data_dir)
-        try:
-            if not audit:
-                return await fn(store, None)
-            ident = load_identity(data_dir)
-            log_ = await AuditLog.open(store, load_key(data_dir), config.node.name,
-                                       ident.federation if ident else None, config.audit)
-            try:
-                return await fn(store, log_)
-            finally:
-                await log_.close()
-        finally:
-            await store.close()
-
-    deadline = time.monotonic() + _LOCK_WAIT_S
-    while True:
-        try:
-            with control.offline_lock(data_dir, holder):
-                return asyncio.run(go())
-        except control.Busy:
-            if control.read_runtime(data_dir) is not None:
-                raise _DaemonStarted() from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(_LOCK_RETRY_S)
+    try:
+        return run_offline(data_dir, holder, go, config=_node_config, wait_s=_LOCK_WAIT_S)
+    except control.Busy:
+        if control.read_runtime(data_dir) is not None:
+            raise _DaemonStarted() from None
+        raise
 
 
 class _DaemonStarted(Exception):
@@ -399,7 +388,7 @@ class _Audit:
                 self.where = "daemon"
                 return
             try:
-                _offline(self.data_dir, "outpost batch run", _append(payload), audit=True)
+                _offline(self.data_dir, "outpost batch run", _append(payload))
             except _DaemonStarted:
                 continue
             self.where = "offline"
@@ -419,21 +408,21 @@ def _append(payload: dict[str, Any]) -> Callable[[Any, Any], Awaitable[int]]:
 
 def _entry(record: Callable[..., Any], payload: dict[str, Any],
            policy_version: int | None) -> Any:
-    """The audit entry of one chunk; ValueError if the payload is malformed."""
+    """The audit entry of one chunk; BatchError if the payload is malformed."""
     try:
         texts = {k: payload[k] for k in ("model", "version", "data_class", "job",
                                          "input_sha256")}
         if not all(isinstance(v, str) for v in texts.values()):
-            raise ValueError(f"model, version, data_class, job and input_sha256 must be "
+            raise BatchError(f"model, version, data_class, job and input_sha256 must be "
                              f"strings, got {texts}")
         name, version = texts["model"], texts["version"]
         validate_name(name)
         validate_version(version)
         ints = {k: payload[k] for k in ("chunk", "start", "rows")}
         if not all(type(v) is int and v >= 0 for v in ints.values()):
-            raise ValueError(f"chunk, start and rows must be integers >= 0, got {ints}")
+            raise BatchError(f"chunk, start and rows must be integers >= 0, got {ints}")
         if payload["engine"] not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}")
+            raise BatchError(f"engine must be one of {ENGINES}")
         return record(
             "infer", model=name, version=version, caller="batch",
             data_class=texts["data_class"][:64], outcome="ok",
@@ -441,14 +430,14 @@ def _entry(record: Callable[..., Any], payload: dict[str, Any],
             detail={**ints, "job": texts["job"][:32], "engine": payload["engine"]},
         )
     except KeyError as exc:
-        raise ValueError(f"batch audit entry lacks {exc}") from None
+        raise BatchError(f"batch audit entry lacks {exc}") from None
     except Exception as exc:
-        if isinstance(exc, ValueError):
+        if isinstance(exc, BatchError):
             raise
-        raise ValueError(f"bad batch audit entry: {exc}") from exc
+        raise BatchError(f"bad batch audit entry: {exc}") from exc
 
 
-def admin_route(daemon: Daemon) -> Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]:
+def admin_route(daemon: AuditingNode) -> Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]:
     """The daemon's handler of ``POST /batch/audit``: appends one chunk's entry (durably,
     before answering) with the policy version in force. Register it with
     ``admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(daemon))``."""

@@ -41,6 +41,7 @@ import numpy as np
 
 from models.datatypes import from_oip
 from models.signature import ModelSignature, TensorSpec
+from node.errors import OperatorError
 
 Tensor = np.ndarray[Any, Any]
 
@@ -50,7 +51,7 @@ _PART = "part-{:05d}.parquet"
 _SHAPE_KEY = b"outpost.shape"  # column metadata: the row shape of a flattened output
 
 
-class BatchError(ValueError):
+class BatchError(OperatorError, ValueError):
     """A batch job cannot start or continue; the message names the fix."""
 
 

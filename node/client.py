@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 
 from node import control
+from node.errors import OperatorError
 
 
-class DaemonError(RuntimeError):
+class DaemonError(OperatorError):
     """The daemon answered with an error, or could not be reached."""
 
     def __init__(self, message: str, status: int = 0) -> None:

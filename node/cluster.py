@@ -56,17 +56,13 @@ from federation.messages import Effect, Event, Item, ItemKind, Message, Send, de
 from federation.placement import Candidate
 from federation.policy_engine import NodeAttrs
 from federation.statesync import Conflict, ItemAccepted, StateSync
+from node.limits import EXCHANGE_TIMEOUT_S, MAX_INFLIGHT_EXCHANGES, STUCK_DEADLINE_PAUSE_S
 from node.store import get_doc
 
 log = logging.getLogger("outpost.cluster")
 
-# Outgoing reliable exchanges in flight at once; beyond it new ones are dropped (the protocol
-# retries by itself) rather than piling up tasks behind a slow or dead peer.
-MAX_INFLIGHT = 64
-# How long one reliable exchange may take before it counts as failed.
-EXCHANGE_TIMEOUT_S = 5.0
-# Pause of the timer loop when a protocol core's deadline stays in the past after a tick.
-STUCK_DEADLINE_PAUSE_S = 0.02
+# Bounds of this module, with their reasons, are in node.limits.
+MAX_INFLIGHT = MAX_INFLIGHT_EXCHANGES
 # receive_reliable's answer to a peer whose certificate is revoked.
 REVOKED = "this node's certificate is revoked"
 

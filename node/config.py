@@ -23,14 +23,16 @@ from typing import Any
 
 import tomli_w
 
+from federation import identity
+from federation.errors import MalformedInput
 from models.ray_backend import RayConfig
 from models.runtime import RuntimeConfig
+from node.errors import OperatorError
 
 CONFIG_FILE = "outpost.toml"
-_NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(OperatorError, ValueError):
     """The configuration file or a setting in it is invalid; the message names the key and fix."""
 
 
@@ -45,16 +47,20 @@ def parse_hostport(value: str, *, key: str) -> tuple[str, int]:
 def default_node_id() -> str:
     """The host name, lower-cased and reduced to the node-id alphabet."""
     raw = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")
-    return (raw or "node")[:63]
+    return raw[:63].rstrip("-") or "node"
 
 
 def validate_node_id(node_id: str) -> str:
-    if not _NODE_ID.match(node_id):
+    """The one node-id rule (``federation.identity.validate_node_id``: what a certificate
+    may carry), as a configuration error."""
+    try:
+        return identity.validate_node_id(node_id)
+    except MalformedInput:
         raise ConfigError(
             f"node name {node_id!r} is invalid: use 1-63 characters a-z, 0-9 and '-', "
-            "starting with a letter or digit (it becomes a DNS name in the node's certificate)"
-        )
-    return node_id
+            "starting and ending with a letter or digit (it becomes a DNS name in the node's "
+            "certificate)"
+        ) from None
 
 
 @dataclass(frozen=True)

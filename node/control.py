@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.errors import OperatorError
+
 LOCK_FILE = "daemon.lock"
 RUNTIME_FILE = "daemon.json"
 ADMIN_SOCKET = "admin.sock"
 
 
-class Busy(RuntimeError):
+class Busy(OperatorError):
     """Another process holds the data directory's lock."""
 
 

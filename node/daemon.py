@@ -1,19 +1,33 @@
-"""The daemon's one structured lifecycle: startup → serve → drain → shutdown.
+"""The daemon's one structured lifecycle: startup → serve → drain → shutdown; and the one
+module that assembles a node from its components.
 
-Startup opens every component in order (lock, key, database and migrations, model runtime,
-listeners) and reports ready only once the listeners accept. Any startup failure raises
-:class:`StartupError` with one line naming the fix; the CLI turns it into exit code 3.
+Startup (:func:`start`) constructs every component completely and in order — lock, key and
+identity, database, audit log, runtime and models, the task owner, policy and documents,
+sockets, peer credentials and the cluster, the request path, the admin API, listeners,
+gossip and mDNS, background loops — and reports ready only once the listeners accept. The
+:class:`Daemon` it returns is frozen: nothing in it is filled in later. Any startup failure
+raises :class:`StartupError` with one line naming the fix (the CLI exits 3), after closing
+what was already open.
 
-On SIGTERM or SIGINT: readiness drops, listeners stop accepting, in-flight requests get
-``node.drain_timeout_s`` to finish (a second signal cuts that short), model queues drain, the
-audit trail records the stop, and the process exits 0.
+On SIGTERM or SIGINT: readiness drops, mDNS and the cluster stop, listeners stop accepting,
+in-flight requests get ``node.drain_timeout_s`` to finish (a second signal cuts that short),
+background tasks finish or are cancelled, model queues drain, the audit trail records the
+stop, and the process exits 0. Every wait has a bound (``node.limits``).
+
+Adding a component: construct it in :func:`start` after what it needs; hand it only the
+narrow parts it uses (a Protocol from ``node.ports`` or one declared beside its own code,
+or a frozen ``...Deps`` dataclass like ``ForwardDeps``); give background work to ``tasks``
+(``TaskOwner.spawn``/``every``), never ``asyncio.create_task``; register its stop with
+``stoppers`` (or ``cleanup`` for a failed start); subscribe to documents with
+``documents.on_revocation``/``on_applied``; add admin routes in :func:`_admin_app` and peer
+routes where the peer app is built. No other module may import this one
+(``tests/node/test_import_graph.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -21,53 +35,48 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from federation.canonical import b64encode
-from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import create_backend
 from node import batch, control, sync
-from node.admin import AdminApp, audit_query
+from node.admin import AdminApp
 from node.app import AppState, OipApp
 from node.audit import AuditError, AuditLog
 from node.cluster import Cluster
-from node.config import Config, parse_hostport
-from node.enrollment import (
-    AUTHORITY_CERT,
-    NODE_CERT,
-    EnrollmentError,
-    apply_document,
-    load_identity,
-    policy_bundle,
-    revocations,
+from node.config import Config
+from node.documents import Documents, PolicyState
+from node.enrollment import AUTHORITY_CERT, NODE_CERT, EnrollmentError, load_identity, revocations
+from node.errors import StartupError
+from node.federate import (
+    FederationDeps,
+    build_cluster,
+    explain,
+    peer_routes,
+    start_cluster,
+    start_mdns,
 )
-from node.federate import explain, peer_routes, peers_view, start_federation
-from node.forward import Router
-from node.http import HTTPError, Receive, Scope, Send, send_json
+from node.forward import ForwardDeps, Router
 from node.keys import NodeKeyError, key_path, load_key
+from node.limits import AUDIT_TICK_S, STOP_COMPONENT_S
+from node.listeners import Server, address_of, bind_tcp, bind_unix, start_server
 from node.metrics import Metrics
 from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
-from node.peer import query as peer_query
+from node.ports import NoPeers, PeerDirectory
 from node.probe import probe, probe_gpus
 from node.pull import peer_routes as pull_routes
-from node.replication import replicate_forever
-from node.store import Store, StoreError, get_doc
+from node.replication import Collector
+from node.store import Store, StoreError
+from node.tasks import TaskOwner
 
 log = logging.getLogger("outpost.daemon")
 
 EXIT_STARTUP_FAILURE = 3
-
-
-class StartupError(RuntimeError):
-    """The daemon cannot start; the message is one line that names the fix."""
 
 
 def server_version() -> str:
@@ -77,116 +86,108 @@ def server_version() -> str:
         return "0+unknown"
 
 
-def bind_tcp(address: str, *, key: str) -> socket.socket:
-    host, port = parse_hostport(address, key=key)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
-    # listening socket says TCP; without it every response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"{address} is already in use (another outpost or program listens there); stop "
-                f"it or choose another address with --{key.split('.')[-1].replace('_', '-')} HOST:PORT"
-            ) from None
-        raise StartupError(f"cannot listen on {address}: {exc.strerror}; check {key}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+Stopper = tuple[str, Callable[[], Awaitable[Any]]]
 
 
-def bind_unix(path: Path) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # we hold the data-dir lock, so any socket file here is stale
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns the lifecycle."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
-
-
-async def _start_server(app: Any, sock: socket.socket, drain_s: float, *,
-                        tls: ssl.SSLContext | None = None,
-                        protocol: type[asyncio.Protocol] | None = None) -> _Server:
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        # The caller recorded in the audit log is the socket's peer: never a header a local
-        # app can write (uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1).
-        proxy_headers=False,
-        timeout_graceful_shutdown=max(drain_s, 0.01),  # type: ignore[arg-type]  # float works
-        http=protocol or "httptools",
-        loop="none",
-    )
-    config.load()
-    config.ssl = tls  # a ready context: uvicorn would only build one from files
-    server = _Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    return server
-
-
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Daemon:
-    """A running node. Build with :func:`start`, stop with :meth:`stop`."""
+    """A running node, built whole by :func:`start` (every component constructed, in order,
+    before this exists; nothing is filled in later); stop it with :meth:`stop`.
+
+    This is the one module that assembles a node: every other module gets the narrow part
+    it needs (``node.ports``, ``ForwardDeps``, ``FederationDeps``, ``Collector``, ...) and
+    never imports this one.
+    """
 
     data_dir: Path
     config: Config
     node_id: str
+    lock: control.DirLock
+    started_at: float
     store: Store
+    audit: AuditLog
     host: ModelHost
     metrics: Metrics
     app_state: AppState
-    lock: control.DirLock
+    tasks: TaskOwner
+    policy: PolicyState
+    documents: Documents
+    peers: PeerDirectory  # the cluster when enrolled, else NoPeers
+    router: Router
+    admin: AdminApp
+    servers: tuple[Server, ...]
+    #: Components stopped first, in this order (mDNS, the cluster), each within a bound.
+    stoppers: tuple[Stopper, ...]
+    listen: str
+    peer_listen: str  # "" when not enrolled
+    status: Callable[[], Awaitable[dict[str, Any]]]
+
+    @property
+    def policy_version(self) -> int | None:
+        return self.policy.version
+
+    @property
+    def engine(self) -> PolicyEngine:
+        return self.policy.engine
+
+    async def apply(self, body: bytes) -> dict[str, Any]:
+        """Apply an authority-signed document (revocation list, policy bundle) live."""
+        return await self.documents.apply(body)
+
+    async def stop(self) -> None:
+        """Drain and shut down every component, in reverse order of startup. Every wait is
+        bounded (``node.limits``): a stuck component is logged and left behind, never waited
+        for forever."""
+        self.app_state.ready = False
+        drain = self.config.node.drain_timeout_s
+        for name, stop in self.stoppers:
+            await _bounded(name, stop(), STOP_COMPONENT_S)
+        await _bounded("listeners", asyncio.gather(*(s.shutdown() for s in self.servers)),
+                       drain + STOP_COMPONENT_S)
+        await self.tasks.close()
+        await _bounded("peer clients", self.router.close(), STOP_COMPONENT_S)
+        await _bounded("model host", self.host.close(), drain + STOP_COMPONENT_S)
+        if self.host.backend is not None:
+            await _bounded("runtime", self.host.backend.close(), STOP_COMPONENT_S)
+        await _bounded("audit log", self._close_audit(), STOP_COMPONENT_S)
+        await _bounded("database", self.store.close(), STOP_COMPONENT_S)
+        control.clear_runtime(self.data_dir)
+        self.lock.release()
+
+    async def _close_audit(self) -> None:
+        await self.audit.append(self.audit.record("node.stop", caller="daemon"))
+        await self.audit.close()
+
+
+async def _bounded(name: str, step: Awaitable[Any], seconds: float) -> None:
+    """Await one shutdown step for ``seconds`` at most; log (never raise) what goes wrong,
+    so the steps after it (audit head, lock) still run."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.error("stopping: %s did not finish within %.0f s; going on", name, seconds)
+    except Exception:
+        log.exception("stopping: %s failed; going on", name)
+
+
+@dataclass(frozen=True)
+class _Status:
+    """``outpost status`` as the daemon sees itself (``GET /status`` on the admin socket)."""
+
+    node_id: str
+    data_dir: Path
     started_at: float
-    audit: AuditLog
+    listen: str
+    peer_listen: str
     identity: NodeIdentity | None
-    servers: list[_Server] = field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    listen: str = ""
-    peer_listen: str = ""
-    admin: AdminApp | None = None
-    credentials: PeerCredentials | None = None
-    peer_app: PeerApp | None = None
-    cluster: Cluster | None = None
-    discovery: Any = None
-    policy_version: int | None = None
-    engine: PolicyEngine = field(default_factory=PolicyEngine)
-    router: Router | None = None
-    gpus: int = 0
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    audit: AuditLog
+    policy: PolicyState
+    host: ModelHost
+    app_state: AppState
+    cluster: Cluster | None  # None when not enrolled: no members, no evidence
 
-    def spawn(self, coro: Any) -> None:
-        """Run ``coro`` in the background, kept referenced, errors logged."""
-        task = asyncio.ensure_future(coro)
-        self.background.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self.background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("background task failed: %s", t.exception())
-
-        task.add_done_callback(done)
-
-    async def status(self) -> dict[str, Any]:
+    async def __call__(self) -> dict[str, Any]:
+        ident, cluster = self.identity, self.cluster
         return {
             "node_id": self.node_id,
             "version": server_version(),
@@ -196,14 +197,14 @@ class Daemon:
             "listen": self.listen,
             "peer_listen": self.peer_listen or None,
             "data_dir": str(self.data_dir),
-            "federation": self.identity.attributes() | {"federation": self.identity.federation}
-            if self.identity else None,
+            "federation": ident.attributes() | {"federation": ident.federation}
+            if ident else None,
             "audit": {"origin": self.audit.origin, "size": self.audit.size},
-            "policy_version": self.policy_version,
-            "members": len(self.cluster.membership.live_members()) + 1 if self.cluster else None,
+            "policy_version": self.policy.version,
+            "members": len(cluster.membership.live_members()) + 1 if cluster else None,
             "equivocations": [
-                {"origin": e.origin, "size": e.size} for e in self.cluster.equivocations
-            ] if self.cluster else [],
+                {"origin": e.origin, "size": e.size} for e in cluster.equivocations
+            ] if cluster else [],
             "runtime": self.host.backend.describe() if self.host.backend else None,
             "models": [
                 {
@@ -219,123 +220,32 @@ class Daemon:
             "capabilities": probe(self.data_dir),
         }
 
-    def use_policy(self, version: int) -> None:
-        """Put the stored policy bundle of ``version`` in force for decisions."""
-        self.policy_version = version
-        self.spawn(self._load_policy())
 
-    async def _load_policy(self) -> None:
-        held = await get_doc(self.store, "policy")
-        if held is None:
-            return
-        bundle = policy_bundle(held[1], self.data_dir)
-        if self.engine.bundle is None or bundle.version > self.engine.bundle.version:
-            self.engine.apply(bundle)
+@dataclass(frozen=True)
+class _AdminNode:
+    """What the admin routes of other modules need (``sync.LiveNode``,
+    ``batch.AuditingNode``), before the Daemon object exists."""
+
+    data_dir: Path
+    store: Store
+    audit: AuditLog
+    host: ModelHost
+    documents: Documents
+    policy: PolicyState
+
+    @property
+    def policy_version(self) -> int | None:
+        return self.policy.version
 
     async def apply(self, body: bytes) -> dict[str, Any]:
-        """Apply an authority-signed document (revocation list, policy bundle) live."""
-        try:
-            applied = await apply_document(self.store, self.data_dir, body)
-        except (FederationError, EnrollmentError) as exc:
-            raise ValueError(str(exc)) from exc
-        await self.audit.append(self.audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
-        if applied.kind == "revocation" and self.credentials is not None:
-            held = await revocations(self.store, self.data_dir)
-            if held is not None:
-                self.credentials.update_revocations(held)
-                if self.cluster is not None:
-                    self.cluster.update_revocations(held)
-                if self.router is not None:
-                    await self.router.reset_client()
-        if applied.kind == "policy":
-            self.use_policy(applied.version)
-        if self.cluster is not None:
-            doc = await get_doc(self.store, applied.kind)
-            if doc is not None:
-                self.cluster.put_document(applied.kind, doc[0], doc[1])
-        return applied.to_json()
-
-    async def stop(self) -> None:
-        """Drain and shut down every component, in reverse order of startup."""
-        self.app_state.ready = False
-        if self.discovery is not None:
-            await self.discovery.stop()
-        if self.cluster is not None:
-            await self.cluster.stop()
-        await asyncio.gather(*(s.shutdown() for s in self.servers))
-        await asyncio.gather(*self.background, return_exceptions=True)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.router is not None:
-            await self.router.close()
-        await self.host.close()
-        if self.host.backend is not None:
-            await self.host.backend.close()
-        await self.audit.append(self.audit.record("node.stop", caller="daemon"))
-        await self.audit.close()
-        await self.store.close()
-        control.clear_runtime(self.data_dir)
-        self.lock.release()
-
-
-# Read-only views of the audit log that any enrolled peer (a witness) may ask for. Entries
-# themselves go only to the collectors policy names (audit.replicate).
-_PEER_AUDIT_VIEWS = frozenset({"checkpoint", "checkpoints", "proof", "consistency"})
-
-
-def _peer_app(daemon: Daemon) -> PeerApp:
-    app = PeerApp(lambda route: daemon.metrics.peer_requests.labels(route).inc(),
-                  daemon.credentials)
-    reader = daemon.audit.reader()
-
-    async def audit_view(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
-                         rest: str) -> None:
-        query = peer_query(scope)
-        if rest in _PEER_AUDIT_VIEWS:
-            await send_json(send, 200, await audit_query(reader, rest, query))
-            return
-        if rest not in ("entries", "frontier"):
-            raise HTTPError(404, f"no peer audit view {rest!r}")
-        # Entries (and the frontier that proves them) go only to collectors policy names.
-        me = daemon.identity
-        decision = daemon.engine.decide_audit_replicate(
-            NodeAttrs(**peer.attributes()), NodeAttrs(**me.attributes())) if me else None
-        if decision is None or not decision.allowed:
-            raise HTTPError(403, f"policy does not name {peer.node_id} an audit collector of "
-                                 f"{daemon.node_id} (action audit.replicate)")
-        try:
-            if rest == "frontier":
-                size = int(query.get("size", "0"))
-                if not 0 < size <= daemon.audit.size:
-                    raise HTTPError(400, f"size must be between 1 and {daemon.audit.size}")
-                hashes = await reader.frontier(size)
-                await send_json(send, 200, {"size": size, "hashes": [b64encode(h) for h in hashes]})
-                return
-            start = int(query.get("start", "0"))
-            end = min(int(query.get("end", str(start + 2000))), start + 2000)
-        except ValueError:
-            raise HTTPError(400, "start, end and size must be integers") from None
-        rows = await reader.entries(start, end)
-        await send_json(send, 200, [{"index": i, "entry": b64encode(e)} for i, e in rows])
-
-    async def hello(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
-                    rest: str) -> None:
-        await send_json(send, 200, {"node_id": daemon.node_id, "you": peer.node_id})
-
-    app.route("GET", "/peer/v1/audit", audit_view)
-    app.route("GET", "/peer/v1/hello", hello)
-    return app
-
-
-async def _tick(audit: AuditLog) -> None:
-    while True:
-        await asyncio.sleep(1.0)
-        await audit.tick()
+        return await self.documents.apply(body)
 
 
 async def start(data_dir: Path, config: Config) -> Daemon:
-    """Bring every component up; raise StartupError (nothing left running) on failure."""
+    """Bring every component up, in order; raise StartupError (nothing left running) on
+    failure. Order: lock, key and identity, database, audit log, runtime and models, tasks,
+    policy and documents, sockets, peer credentials and cluster (not yet started), the
+    request path, the admin API, listeners, gossip and mDNS, background loops, ready."""
     lock = control.DirLock(data_dir)
     try:
         lock.acquire(holder="outpost daemon")
@@ -345,7 +255,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         raise StartupError(
             f"data directory {data_dir} does not exist; run `outpost init --data-dir {data_dir}`"
         ) from None
-    cleanup: list[Callable[[], Awaitable[None]]] = []
+    cleanup: list[Callable[[], Awaitable[Any]]] = []
     try:
         try:
             key = load_key(data_dir)
@@ -378,6 +288,10 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         host_ref.append(host)
         cleanup.append(host.close)
         await host.load_all()
+        tasks = TaskOwner()
+        cleanup.append(tasks.close)
+        policy = await PolicyState.load(store, data_dir, tasks, enrolled=ident is not None)
+        documents = Documents(store, data_dir, audit, policy)
         app_state = AppState(
             node_id=node_id,
             server_version=server_version(),
@@ -386,85 +300,147 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             health=backend.health,  # /v2/health/ready shows degraded + reason
         )
         app_sock = bind_tcp(config.node.listen, key="node.listen")
+        listen = address_of(app_sock)
         admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
-        daemon = Daemon(
-            data_dir=data_dir, config=config, node_id=node_id, store=store, host=host,
-            metrics=metrics, app_state=app_state, lock=lock, started_at=time.time(),
-            audit=audit, identity=ident,
-        )
-        admin = AdminApp(host, daemon.status, audit.reader(),
-                         apply=daemon.apply)
-        daemon.admin = admin
-        held_policy = await get_doc(store, "policy")
-        daemon.policy_version = held_policy[0] if held_policy else None
-        if held_policy is not None and ident is not None:
-            daemon.engine.apply(policy_bundle(held_policy[1], data_dir))
-        daemon.gpus = len(probe_gpus())
 
-        async def peers(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
-            return 200, await peers_view(daemon)
-
-        admin.route("GET", "/peers", peers)
-        admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(daemon))
-        admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(daemon))
-
-        async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
-            return 200, await explain(daemon, payload["data_class"], payload.get("jurisdiction"),
-                                      payload["to"], payload.get("model", "*"))
-
-        admin.route("GET", "/policy/explain", explain_route)
-        drain = config.node.drain_timeout_s
-        daemon.router = Router(daemon, config.placement.core(), config.placement.forward_timeout_s)
-        daemon.servers.append(await _start_server(
-            OipApp(app_state, host, metrics, daemon.router), app_sock, drain))
-        daemon.servers.append(await _start_server(admin, admin_sock, drain))
+        peers: PeerDirectory = NoPeers()
+        enrolled: _Enrolled | None = None  # None: a lone node (no identity, no peers)
+        peer_listen = ""
         if ident is not None:
-            daemon.credentials = PeerCredentials(
+            credentials = PeerCredentials(
                 (data_dir / NODE_CERT).read_bytes(), key_path(data_dir).read_bytes(),
                 (data_dir / AUTHORITY_CERT).read_bytes(), await revocations(store, data_dir),
             )
+            documents.on_revocation(credentials.update_revocations)
             peer_sock = bind_tcp(config.node.peer_listen, key="node.peer_listen")
-            daemon.peer_app = _peer_app(daemon)
-            peer_routes(daemon)
-            pull_routes(daemon)
-            daemon.servers.append(await _start_server(
-                daemon.peer_app, peer_sock, drain,
-                tls=daemon.credentials.listening_context(),
-                protocol=protocol_class(daemon.credentials),
+            peer_listen = address_of(peer_sock)
+            fed = FederationDeps(
+                node_id=node_id, identity=ident, credentials=credentials, config=config,
+                store=store, audit=audit, models=host, policy=policy, documents=documents,
+                tasks=tasks, count_drop=lambda reason: metrics.gossip_dropped.labels(reason).inc(),
+                gpus=len(probe_gpus()),
+                runtime_cluster=lambda: backend.describe().get("cluster"),
+                app_listen=listen, peer_listen=peer_listen,
+            )
+            cluster = build_cluster(fed, key, await revocations(store, data_dir))
+            documents.on_revocation(cluster.update_revocations)
+            documents.on_applied(cluster.put_document)
+            peers = cluster
+            enrolled = _Enrolled(fed, cluster, peer_sock)
+
+        router = Router(ForwardDeps(
+            node_id=node_id, default_data_class=config.node.default_data_class,
+            me=NodeAttrs(**ident.attributes()) if ident else None, peers=peers, policy=policy,
+            models=host, audit=audit, metrics=metrics,
+            client_tls=enrolled.deps.credentials.client if enrolled else _no_tls,
+        ), config.placement.core(), config.placement.forward_timeout_s)
+        cleanup.append(router.close)
+        documents.on_revocation(lambda _crl: router.reset_client())
+
+        status = _Status(node_id, data_dir, time.time(), listen, peer_listen, ident, audit,
+                         policy, host, app_state, enrolled.cluster if enrolled else None)
+        admin = _admin_app(_AdminNode(data_dir, store, audit, host, documents, policy), status,
+                           ident, peers)
+
+        drain = config.node.drain_timeout_s
+        servers: list[Server] = []
+
+        async def shutdown_servers() -> None:
+            await asyncio.gather(*(s.shutdown() for s in servers))
+
+        cleanup.append(shutdown_servers)
+        servers.append(await start_server(OipApp(app_state, host, metrics, router), app_sock,
+                                           drain))
+        servers.append(await start_server(admin, admin_sock, drain))
+        stoppers: list[Stopper] = []
+        if enrolled is not None:
+            fed, cluster, peer_sock = enrolled.deps, enrolled.cluster, enrolled.peer_sock
+            credentials = fed.credentials
+            peer_app = PeerApp(lambda route: metrics.peer_requests.labels(route).inc(),
+                               credentials)
+            peer_routes(peer_app, fed, cluster, router)
+            pull_routes(peer_app, host, policy, audit)
+            servers.append(await start_server(
+                peer_app, peer_sock, drain, tls=credentials.listening_context(),
+                protocol=protocol_class(credentials),
             ))
-            peer_host, peer_port = peer_sock.getsockname()[:2]
-            daemon.peer_listen = f"{peer_host}:{peer_port}"
             try:
-                daemon.cluster = await start_federation(daemon, key)
+                await start_cluster(fed, cluster)
             except OSError as exc:
                 raise StartupError(
-                    f"cannot open UDP {daemon.peer_listen} for gossip ({exc.strerror}); free "
+                    f"cannot open UDP {peer_listen} for gossip ({exc.strerror}); free "
                     "the port or choose another with --peer-listen HOST:PORT"
                 ) from None
-        host_addr, port = app_sock.getsockname()[:2]
-        daemon.listen = f"{host_addr}:{port}"
+            stoppers.append(("cluster", cluster.stop))
+            cleanup.append(cluster.stop)
+            discovery = await start_mdns(fed, cluster) if config.discovery.mdns else None
+            if discovery is not None:
+                stoppers.insert(0, ("mDNS", discovery.stop))
+                cleanup.append(discovery.stop)
+            collector = Collector(NodeAttrs(**fed.identity.attributes()), cluster, policy, store,
+                                  router.client)
+            tasks.every(config.federation.checkpoint_interval_s, collector.once,
+                        name="replication")
     except BaseException:
         for close in reversed(cleanup):
             with contextlib.suppress(Exception):
-                await close()
+                await asyncio.wait_for(close(), STOP_COMPONENT_S)
         lock.release()
         raise
+    daemon = Daemon(
+        data_dir=data_dir, config=config, node_id=node_id, lock=lock,
+        started_at=status.started_at, store=store, audit=audit, host=host, metrics=metrics,
+        app_state=app_state, tasks=tasks, policy=policy, documents=documents, peers=peers,
+        router=router, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
+        listen=listen, peer_listen=peer_listen, status=status,
+    )
     control.write_runtime(data_dir, control.RuntimeInfo(
-        pid=os.getpid(), listen=daemon.listen,
-        admin_socket=str(data_dir / control.ADMIN_SOCKET), node_id=node_id,
-        peer_listen=daemon.peer_listen,
+        pid=os.getpid(), listen=listen, admin_socket=str(data_dir / control.ADMIN_SOCKET),
+        node_id=node_id, peer_listen=peer_listen,
     ))
     await audit.append(audit.record(
         "node.start", caller="daemon",
         detail={"version": server_version(), "models": len(host.served())},
     ))
-    daemon.tasks.append(asyncio.create_task(_tick(audit), name="audit-ticker"))
-    if daemon.cluster is not None:
-        daemon.tasks.append(asyncio.create_task(replicate_forever(daemon), name="replication"))
+    tasks.every(AUDIT_TICK_S, audit.tick, name="audit-ticker")
     app_state.ready = True
-    log.info("node %s ready: app endpoint http://%s, admin %s", node_id, daemon.listen,
+    log.info("node %s ready: app endpoint http://%s, admin %s", node_id, listen,
              data_dir / control.ADMIN_SOCKET)
     return daemon
+
+
+@dataclass(frozen=True)
+class _Enrolled:
+    """The parts only an enrolled node has, built before the listeners start."""
+
+    deps: FederationDeps
+    cluster: Cluster
+    peer_sock: socket.socket
+
+
+def _no_tls() -> ssl.SSLContext:
+    raise RuntimeError("a node that is not enrolled has no peer TLS client (a bug: the "
+                       "request path never forwards without an identity)")
+
+
+def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
+               peers: PeerDirectory) -> AdminApp:
+    """The admin API with the routes other modules own."""
+    admin = AdminApp(node.host, status, node.audit.reader(), apply=node.apply)
+
+    async def peers_route(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
+        return 200, peers.peers()
+
+    async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
+        return 200, explain(ident, peers, node.policy, payload["data_class"],
+                            payload.get("jurisdiction"), payload["to"],
+                            payload.get("model", "*"))
+
+    admin.route("GET", "/peers", peers_route)
+    admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(node))
+    admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(node))
+    admin.route("GET", "/policy/explain", explain_route)
+    return admin
 
 
 async def run(data_dir: Path, config: Config) -> int:

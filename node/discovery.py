@@ -88,6 +88,7 @@ from zeroconf import Error as ZeroconfError
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from node.config import ConfigError, validate_node_id
+from node.errors import NodeFault
 
 __all__ = [
     "DEFAULT_RECORD_TTL_S",
@@ -151,7 +152,7 @@ _FINGERPRINT = re.compile(r"^[0-9a-f]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class DiscoveryError(RuntimeError):
+class DiscoveryError(NodeFault):
     """mDNS could not start or advertise; the message names the fix."""
 
 
@@ -470,15 +471,15 @@ class Discovery:
                  confirm_interval_s: float = 5.0,
                  rng: random.Random | None = None) -> None:
         if not 1 <= record_ttl_s <= 4500:
-            raise ValueError(f"discovery: record_ttl_s {record_ttl_s} must be between 1 and 4500")
+            raise ConfigError(f"discovery: record_ttl_s {record_ttl_s} must be between 1 and 4500")
         if not 0.1 <= confirm_interval_s <= 600:
-            raise ValueError(
+            raise ConfigError(
                 f"discovery: confirm_interval_s {confirm_interval_s} must be between 0.1 and 600")
         for ip in interfaces or []:
             try:
                 ipaddress.ip_address(ip)
             except ValueError:
-                raise ValueError(f"discovery.interfaces: {ip!r} is not an IP address; list the "
+                raise ConfigError(f"discovery.interfaces: {ip!r} is not an IP address; list the "
                                  "IPs of this host's interfaces (e.g. 192.168.1.10)") from None
         self._advert = advert
         self._on_found = on_found

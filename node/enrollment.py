@@ -2,8 +2,9 @@
 
 ``<data-dir>/node.crt`` and ``<data-dir>/federation.crt`` are written by ``outpost join`` after
 checking that the certificate is the authority's, is for this node's id and this node's key.
-Authority-signed documents (revocation lists; policy bundles later) are applied with
-:func:`apply_document`, which verifies them and refuses rollback, and stored in the database.
+Authority-signed documents (revocation lists and policy bundles) are verified, checked
+against rollback and stored by :func:`apply_document`; callers go through
+``node.documents.apply_signed``, which also records the change in the audit log.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation import identity
 from federation.errors import FederationError, RollbackRefused
 from federation.identity import NodeIdentity, RevocationList
+from node.errors import OperatorError
 from node.store import Store, get_doc, put_doc
 
 NODE_CERT = "node.crt"
@@ -27,7 +29,7 @@ _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 _PEM_CRL = b"-----BEGIN X509 CRL-----"
 
 
-class EnrollmentError(RuntimeError):
+class EnrollmentError(OperatorError):
     """Enrollment files are missing, foreign or inconsistent; the message names the fix."""
 
 

@@ -2,33 +2,88 @@
 persist and audit what gossip brings, this node's advert and checkpoints, and the peer and
 admin routes that expose them. Everything here is glue; protocols live in ``federation`` and
 sockets in ``node.cluster``.
+
+What it needs of the rest of the node is :class:`FederationDeps` (built whole by
+``node.daemon.start``); it never sees the daemon itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from federation.audit import EquivocationEvidence
+from federation.canonical import b64encode
 from federation.config import ClusterConfig
-from federation.identity import NodeIdentity, read_revocation_list
+from federation.identity import NodeIdentity
 from federation.policy_engine import DataAttrs, NodeAttrs
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
-from node.enrollment import Applied, revocations
-from node.forward import Call, peek_parameters
-from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_response
-from node.store import get_doc, put_doc
+from node.config import Config
+from node.forward import Call, Router, peek_parameters
+from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_json, send_response
+from node.limits import (
+    AUDIT_PAGE_ENTRIES,
+    HEADER_HOPS,
+    HEADER_JSON_LENGTH,
+    HEADER_REQUEST_ID,
+    MAX_REQUEST_ID_CHARS,
+    PROOF_HISTORY,
+)
+from node.peer import PeerApp, PeerCredentials
+from node.peer import query as peer_query
+from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView, Spawner
+from node.store import Store
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.audit import AuditReader
+    from node.discovery import Discovery
 
 log = logging.getLogger("outpost.federate")
 
-# Witnesses are handed consistency proofs from this many earlier published checkpoints.
-_PROOF_HISTORY = 8
+
+class CheckpointLog(AuditSink, Protocol):
+    """This node's audit log as the federation sees it: a sink that also signs checkpoints
+    and answers proofs for witnesses and collectors."""
+
+    def checkpoint(self) -> str | None: ...
+
+    def reader(self) -> AuditReader: ...
+
+
+class DocumentSink(Protocol):
+    """Where documents that arrive by gossip go (``node.documents.Documents``)."""
+
+    async def received(self, kind: str, version: int, body: bytes,
+                       source: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class FederationDeps:
+    """What the federation glue needs of an enrolled node (wired in ``node.daemon``)."""
+
+    node_id: str
+    identity: NodeIdentity
+    credentials: PeerCredentials
+    config: Config
+    store: Store
+    audit: CheckpointLog
+    models: ModelSource
+    policy: PolicyView
+    documents: DocumentSink
+    tasks: Spawner
+    count_drop: Callable[[str], None]
+    gpus: int
+    #: A Ray-backed node's cluster (nodes, CPUs, GPUs, memory, replicas), None in-process;
+    #: cached by the backend, never a Ray round trip (it is read for every advert).
+    runtime_cluster: Callable[[], dict[str, Any] | None]
+    app_listen: str  # the app endpoint, advertised to peers
+    peer_listen: str  # host:port the peer endpoint (TLS) and gossip (UDP) are bound to
 
 
 def advertised_address(configured: str, peer_listen: str) -> str:
@@ -48,109 +103,109 @@ def advertised_address(configured: str, peer_listen: str) -> str:
     return f"{host}:{port}"
 
 
-async def start_federation(daemon: Daemon, key: Any) -> Cluster:
-    assert daemon.identity is not None and daemon.credentials is not None
-    config = daemon.config
+def build_cluster(deps: FederationDeps, key: Any, crl: Any) -> Cluster:
+    """The cluster service of this node, built whole but not started (:func:`start_cluster`
+    opens its UDP socket once the peer endpoint listens)."""
+    config = deps.config
     presets = {"lan": ClusterConfig.lan, "wan": ClusterConfig.wan, "local": ClusterConfig.local}
-    address = advertised_address(config.federation.advertise, daemon.peer_listen)
+    address = advertised_address(config.federation.advertise, deps.peer_listen)
     published: list[tuple[int, str]] = []  # (size, note) of checkpoints we gossiped
-    reader = daemon.audit.reader()
+    reader = deps.audit.reader()
 
     def advert_body() -> dict[str, Any]:
-        served = daemon.host.served()
-        backend = daemon.host.backend
-        # A Ray-backed node advertises its cluster (nodes, CPUs, GPUs, memory, replicas):
-        # None in-process. describe() is cached by the backend, never a Ray round trip.
-        cluster = backend.describe().get("cluster") if backend is not None else None
+        served = deps.models.served()
+        cluster = deps.runtime_cluster()
         return {
             "models": [{"name": s.record.name, "version": s.record.version,
                         "sha256": s.record.sha256, "provider": s.model.provider}
                        for s in served],
             "queue": sum(s.model.queue_depth for s in served),
-            "load": round(_load1(), 2),
-            "gpus": max(daemon.gpus, int(cluster["gpus"])) if cluster else daemon.gpus,
+            "load": round(os.getloadavg()[0], 2),
+            "gpus": max(deps.gpus, int(cluster["gpus"])) if cluster else deps.gpus,
             "cluster": cluster,
-            "policy_version": daemon.policy_version,
-            "app": daemon.listen,
+            "policy_version": deps.policy.version,
+            "app": deps.app_listen,
         }
 
     def on_document(kind: str, version: int, body: bytes, source: str | None) -> None:
-        daemon.spawn(_persist_document(daemon, kind, version, body, source))
+        deps.tasks.spawn(deps.documents.received(kind, version, body, source),
+                         name=f"{kind}-from-gossip")
 
     def on_equivocation(evidence: EquivocationEvidence) -> None:
         log.error("EQUIVOCATION: %s signed two different checkpoints of size %d",
                   evidence.origin, evidence.size)
-        daemon.spawn(daemon.audit.append(daemon.audit.record(
+        deps.tasks.spawn(deps.audit.append(deps.audit.record(
             "equivocation", peer=evidence.origin,
             reason=f"two signed checkpoints of size {evidence.size} with different roots",
             detail={"size": evidence.size},
-        )))
+        )), name="equivocation-entry")
 
     async def checkpoint_source() -> tuple[int, str, dict[int, list[bytes]]]:
-        size = daemon.audit.size
-        note = daemon.audit.checkpoint()
+        size = deps.audit.size
+        note = deps.audit.checkpoint()
         if note is None or size == 0:
             return 0, "", {}
         proofs: dict[int, list[bytes]] = {}
-        for old, _ in published[-_PROOF_HISTORY:]:
+        for old, _ in published[-PROOF_HISTORY:]:
             if 0 < old < size:
                 proofs[old] = list((await reader.consistency_proof(old, size)).hashes)
         published.append((size, note))
-        del published[:-_PROOF_HISTORY]
+        del published[:-PROOF_HISTORY]
         return size, note, proofs
 
-    deps = ClusterDeps(
-        node_id=daemon.node_id,
+    cluster_deps = ClusterDeps(
+        node_id=deps.node_id,
         key=key,
-        cert_pem=daemon.credentials.cert_pem,
-        authority_pem=daemon.credentials.authority_pem,
+        cert_pem=deps.credentials.cert_pem,
+        authority_pem=deps.credentials.authority_pem,
         address=address,
         config=presets[config.federation.preset](),
         seeds=list(config.federation.seeds),
-        client_tls=daemon.credentials.client,
+        client_tls=deps.credentials.client,
         advert_body=advert_body,
         on_document=on_document,
         on_equivocation=on_equivocation,
         checkpoint_source=checkpoint_source,
-        count_drop=lambda reason: daemon.metrics.gossip_dropped.labels(reason).inc(),
+        count_drop=deps.count_drop,
         advert_interval_s=config.federation.advert_interval_s,
         checkpoint_interval_s=config.federation.checkpoint_interval_s,
     )
-    cluster = Cluster(deps, await revocations(daemon.store, daemon.data_dir))
-    policy, crl = await held_documents(daemon.store)
-    host, _, port = daemon.peer_listen.rpartition(":")
+    return Cluster(cluster_deps, crl)
+
+
+async def start_cluster(deps: FederationDeps, cluster: Cluster) -> None:
+    """Open the gossip socket on the peer address and join (seeds, held documents)."""
+    policy, crl = await held_documents(deps.store)
+    host, _, port = deps.peer_listen.rpartition(":")
     await cluster.start(
         host, int(port),
         policy[1] if policy else None, policy[0] if policy else None,
         crl[1] if crl else None, crl[0] if crl else None,
     )
-    if config.discovery.mdns:
-        await _start_mdns(daemon, cluster, address)
-    log.info("federation %s: node %s gossiping as %s (seeds: %s)", daemon.identity.federation,
-             daemon.node_id, address, ", ".join(config.federation.seeds) or "none")
-    return cluster
+    log.info("federation %s: node %s gossiping as %s (seeds: %s)", deps.identity.federation,
+             deps.node_id, cluster.deps.address,
+             ", ".join(deps.config.federation.seeds) or "none")
 
 
-async def _start_mdns(daemon: Daemon, cluster: Cluster, address: str) -> None:
+async def start_mdns(deps: FederationDeps, cluster: Cluster) -> Discovery | None:
     """Advertise on the LAN and propose every discovered node to membership. Discovery only
-    proposes: the TLS handshake of the first exchange proves who answers."""
+    proposes: the TLS handshake of the first exchange proves who answers. None when mDNS
+    cannot run here (logged; seeds still work)."""
     from node.discovery import Advert, Candidate, Discovery, DiscoveryError
 
-    assert daemon.identity is not None
-    port = int(address.rpartition(":")[2])
-    settings = daemon.config.discovery
-
-    federation = daemon.identity.federation
+    port = int(cluster.deps.address.rpartition(":")[2])
+    settings = deps.config.discovery
+    me = deps.identity
 
     def found(candidate: Candidate) -> None:
-        if candidate.node_id == daemon.node_id or candidate.federation not in ("", federation):
+        if candidate.node_id == deps.node_id or candidate.federation not in ("", me.federation):
             return
         for ip in candidate.addresses[:1]:
             cluster.contact(f"{ip}:{candidate.peer_port}")
 
     discovery = Discovery(
-        Advert(daemon.node_id, port, port, tier=daemon.identity.tier,
-               fingerprint=daemon.identity.fingerprint, federation=daemon.identity.federation),
+        Advert(deps.node_id, port, port, tier=me.tier, fingerprint=me.fingerprint,
+               federation=me.federation),
         on_found=found, on_lost=lambda node_id: None,
         interfaces=list(settings.interfaces) or None, record_ttl_s=settings.record_ttl_s,
         confirm_interval_s=settings.confirm_interval_s,
@@ -159,45 +214,32 @@ async def _start_mdns(daemon: Daemon, cluster: Cluster, address: str) -> None:
         await discovery.start()
     except DiscoveryError as exc:
         log.warning("mDNS discovery off: %s", exc)
-        return
-    daemon.discovery = discovery
+        return None
+    return discovery
 
 
-async def _persist_document(daemon: Daemon, kind: str, version: int, body: bytes,
-                            source: str | None) -> None:
-    """A policy bundle or revocation list arrived by gossip: keep it and record it, once."""
-    held = await get_doc(daemon.store, kind)
-    if held is not None and held[0] >= version:
-        return
-    await put_doc(daemon.store, kind, version, body)
-    if kind == "revocation" and daemon.credentials is not None:
-        daemon.credentials.update_revocations(
-            read_revocation_list(body, daemon.credentials.authority_pem))
-    if kind == "policy":
-        daemon.use_policy(version)
-    if kind == "revocation" and daemon.router is not None:
-        await daemon.router.reset_client()
-    fields = Applied(kind, version, f"{kind} v{version} received by gossip").audit_fields()
-    fields["caller"] = f"gossip:{source}" if source else "gossip"
-    await daemon.audit.append(daemon.audit.record(f"{kind}.apply", **fields))
-    log.info("%s v%d received by gossip and applied", kind, version)
+# Read-only views of the audit log that any enrolled peer (a witness) may ask for. Entries
+# themselves go only to the collectors policy names (audit.replicate).
+_PEER_AUDIT_VIEWS = frozenset({"checkpoint", "checkpoints", "proof", "consistency"})
 
 
-def peer_routes(daemon: Daemon) -> None:
-    """Peer endpoint routes owned by the federation layer."""
-    assert daemon.peer_app is not None
+def peer_routes(app: PeerApp, deps: FederationDeps, cluster: Cluster, router: Router) -> None:
+    """Peer endpoint routes owned by the federation layer: hello, gossip, forwarded
+    inference, and the audit views for witnesses and collectors."""
+    from node.admin import audit_query
+
+    reader = deps.audit.reader()
+    me = NodeAttrs(**deps.identity.attributes())
 
     async def gossip(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                      rest: str) -> None:
         from federation.limits import MAX_STREAM_MESSAGE_BYTES
 
-        if daemon.cluster is None:
-            raise HTTPError(503, "federation not started yet; retry")
-        if daemon.cluster.is_revoked(peer):
+        if cluster.is_revoked(peer):
             # Checked per request: a connection from before the revocation may still be open.
             raise HTTPError(403, f"{peer.node_id}: {REVOKED}")
         body = await read_body(scope, receive, MAX_STREAM_MESSAGE_BYTES)
-        error = daemon.cluster.receive_reliable(body, peer)
+        error = cluster.receive_reliable(body, peer)
         if error is not None:
             raise HTTPError(400, error)
         await send_response(send, 204, b"", [])
@@ -212,17 +254,15 @@ def peer_routes(daemon: Daemon) -> None:
             version = parts[2]
         elif len(parts) != 1 or not model:
             raise HTTPError(404, f"no peer infer endpoint {rest!r}")
-        body = await read_body(scope, receive, daemon.config.node.max_body_bytes)
-        raw_len = header(scope, b"inference-header-content-length")
+        body = await read_body(scope, receive, deps.config.node.max_body_bytes)
+        raw_len = header(scope, HEADER_JSON_LENGTH.encode())
         try:
             header_length = int(raw_len) if raw_len is not None else None
-            hops = int(header(scope, b"outpost-hops") or b"1")
+            hops = int(header(scope, HEADER_HOPS.encode()) or b"1")
         except ValueError:
             raise HTTPError(400, "bad Inference-Header-Content-Length or Outpost-Hops") from None
-        request_id = (header(scope, b"outpost-request-id") or b"").decode()[:64] or "forwarded"
-        router, me = daemon.router, daemon.router.self_attrs if daemon.router else None
-        if router is None or me is None:
-            raise HTTPError(503, "this node is not ready to take forwarded requests")
+        request_id = ((header(scope, HEADER_REQUEST_ID.encode()) or b"").decode()
+                      [:MAX_REQUEST_ID_CHARS] or "forwarded")
         call = Call(model=model, version=version, body=body, header_length=header_length,
                     caller=NodeAttrs(**peer.attributes()), hops=max(1, hops),
                     request_id=request_id)
@@ -233,10 +273,10 @@ def peer_routes(daemon: Daemon) -> None:
             raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
                                  "outpost.jurisdiction (set by the sending node)")
         data = router.data_of(call, params)
-        decision = daemon.engine.decide_infer(call.caller, data, me, call.hops)
+        decision = deps.policy.engine.decide_infer(call.caller, data, me, call.hops)
         if not decision.allowed:
             reason = "; ".join(decision.reasons) or "denied"
-            await daemon.audit.append(daemon.audit.record(
+            await deps.audit.append(deps.audit.record(
                 "infer", model=model, version=version, caller=call.caller_name,
                 data_class=data.data_class, outcome="denied", reason=reason[:1000],
                 policy_version=decision.policy_version,
@@ -244,38 +284,75 @@ def peer_routes(daemon: Daemon) -> None:
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "request": request_id},
             ))
-            raise HTTPError(403, f"{daemon.node_id} refuses {data.describe()} from "
+            raise HTTPError(403, f"{deps.node_id} refuses {data.describe()} from "
                                  f"{peer.node_id}: {reason}")
         answer = await router.infer(call)
         headers = [(b"content-type", b"application/json")]
         if answer.header_length is not None:
             headers = [(b"content-type", b"application/octet-stream"),
-                       (b"inference-header-content-length", str(answer.header_length).encode())]
+                       (HEADER_JSON_LENGTH.encode(), str(answer.header_length).encode())]
         await send_response(send, 200, answer.body, headers)
 
-    daemon.peer_app.route("POST", "/peer/v1/gossip", gossip)
-    daemon.peer_app.route("POST", "/peer/v1/infer", infer)
+    async def audit_view(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
+                         rest: str) -> None:
+        query = peer_query(scope)
+        if rest in _PEER_AUDIT_VIEWS:
+            await send_json(send, 200, await audit_query(reader, rest, query))
+            return
+        if rest not in ("entries", "frontier"):
+            raise HTTPError(404, f"no peer audit view {rest!r}")
+        # Entries (and the frontier that proves them) go only to collectors policy names.
+        decision = deps.policy.engine.decide_audit_replicate(NodeAttrs(**peer.attributes()), me)
+        if not decision.allowed:
+            raise HTTPError(403, f"policy does not name {peer.node_id} an audit collector of "
+                                 f"{deps.node_id} (action audit.replicate)")
+        size_now = deps.audit.size
+        try:
+            if rest == "frontier":
+                size = int(query.get("size", "0"))
+                if not 0 < size <= size_now:
+                    raise HTTPError(400, f"size must be between 1 and {size_now}")
+                hashes = await reader.frontier(size)
+                await send_json(send, 200, {"size": size, "hashes": [b64encode(h) for h in hashes]})
+                return
+            start = int(query.get("start", "0"))
+            end = min(int(query.get("end", str(start + AUDIT_PAGE_ENTRIES))),
+                      start + AUDIT_PAGE_ENTRIES)
+        except ValueError:
+            raise HTTPError(400, "start, end and size must be integers") from None
+        rows = await reader.entries(start, end)
+        await send_json(send, 200, [{"index": i, "entry": b64encode(e)} for i, e in rows])
+
+    async def hello(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
+                    rest: str) -> None:
+        await send_json(send, 200, {"node_id": deps.node_id, "you": peer.node_id})
+
+    app.route("GET", "/peer/v1/audit", audit_view)
+    app.route("GET", "/peer/v1/hello", hello)
+    app.route("POST", "/peer/v1/gossip", gossip)
+    app.route("POST", "/peer/v1/infer", infer)
 
 
-async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
-                  target: str, model: str) -> dict[str, Any]:
+def explain(identity: NodeIdentity | None, peers: PeerDirectory, policy: PolicyView,
+            data_class: str, jurisdiction: str | None, target: str,
+            model: str) -> dict[str, Any]:
     """``outpost policy explain``: the forward decision for this data to ``target``."""
-    if daemon.identity is None or daemon.cluster is None:
+    if identity is None:
         raise HTTPError(400, "this node is not enrolled; there is nothing to forward to")
-    me = NodeAttrs(**daemon.identity.attributes())
+    me = NodeAttrs(**identity.attributes())
     attrs = None
-    if target == daemon.node_id:
+    if target == identity.node_id:
         attrs = me
     else:
-        for c in daemon.cluster.candidates(time.monotonic()):
+        for c in peers.candidates(time.monotonic()):
             if c.node_id == target:
                 attrs = c.attrs
     if attrs is None:
         raise HTTPError(404, f"no verified capability advert of {target!r} yet; `outpost peers` "
                              "lists the nodes this one knows")
     data = DataAttrs("explain", data_class, jurisdiction or me.jurisdiction, model)
-    decision = daemon.engine.decide_forward(me, data, attrs, 0)
-    explanation = daemon.engine.explain(decision)
+    decision = policy.engine.decide_forward(me, data, attrs, 0)
+    explanation = policy.engine.explain(decision)
     return {
         "allowed": decision.allowed,
         "policy_version": decision.policy_version,
@@ -289,16 +366,5 @@ async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
     }
 
 
-async def peers_view(daemon: Daemon) -> list[dict[str, Any]]:
-    if daemon.cluster is None:
-        return []
-    return daemon.cluster.peers()
-
-
-def _load1() -> float:
-    import os
-
-    return os.getloadavg()[0]
-
-
-__all__ = ["advertised_address", "peer_routes", "peers_view", "start_federation"]
+__all__ = ["FederationDeps", "advertised_address", "build_cluster", "explain", "peer_routes",
+           "start_cluster", "start_mdns"]

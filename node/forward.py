@@ -24,10 +24,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import ssl
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import httpx
@@ -43,16 +44,44 @@ from models import (
     encode_infer_response,
 )
 from node.http import HTTPError
+from node.limits import (
+    CONTROL_POOL_KEEPALIVE,
+    FORWARD_POOL_CONNECTIONS,
+    HEADER_HOPS,
+    HEADER_JSON_LENGTH,
+    HEADER_REQUEST_ID,
+    MAX_REQUEST_ID_CHARS,
+    PEER_CONNECT_TIMEOUT_S,
+    PEER_KEEPALIVE_S,
+)
+from node.metrics import Metrics
 from node.modelhost import ModelNotFound, Served
-
-if TYPE_CHECKING:
-    from node.daemon import Daemon
+from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView
 
 log = logging.getLogger("outpost.forward")
 
-HDR_LEN = "inference-header-content-length"
-HOPS = "outpost-hops"
-REQUEST_ID = "outpost-request-id"
+HDR_LEN = HEADER_JSON_LENGTH
+HOPS = HEADER_HOPS
+REQUEST_ID = HEADER_REQUEST_ID
+
+
+@dataclass(frozen=True)
+class ForwardDeps:
+    """What the one request path needs of the rest of the node (wired in ``node.daemon``)."""
+
+    node_id: str
+    default_data_class: str
+    #: This node's attested attributes; None on a node that is not enrolled (a lone node:
+    #: no placement, no policy, every request runs here). Fixed for the daemon's life.
+    me: NodeAttrs | None
+    peers: PeerDirectory
+    policy: PolicyView
+    models: ModelSource
+    audit: AuditSink
+    metrics: Metrics
+    #: The mutual-TLS client context for peers (``PeerCredentials.client``); only called
+    #: when ``me`` is set.
+    client_tls: Callable[[], ssl.SSLContext]
 
 
 @dataclass
@@ -111,8 +140,8 @@ def relabel(body: bytes, header_length: int | None, labels: dict[str, str],
 
 
 class Router:
-    def __init__(self, daemon: Daemon, config: PlacementConfig, timeout_s: float) -> None:
-        self.daemon = daemon
+    def __init__(self, deps: ForwardDeps, config: PlacementConfig, timeout_s: float) -> None:
+        self.deps = deps
         self.config = config
         self.timeout_s = timeout_s
         self._latency: dict[str, float] = {}  # model ref -> EWMA seconds of local requests
@@ -124,17 +153,16 @@ class Router:
 
     @property
     def self_attrs(self) -> NodeAttrs | None:
-        ident = self.daemon.identity
-        return NodeAttrs(**ident.attributes()) if ident else None
+        return self.deps.me
 
     def client(self) -> httpx.AsyncClient:
-        creds = self.daemon.credentials
-        assert creds is not None
         if self._http is None:
             self._http = httpx.AsyncClient(
-                verify=creds.client(),
-                timeout=httpx.Timeout(self.timeout_s, connect=min(2.0, self.timeout_s)),
-                limits=httpx.Limits(max_keepalive_connections=64, keepalive_expiry=60.0),
+                verify=self.deps.client_tls(),
+                timeout=httpx.Timeout(self.timeout_s,
+                                      connect=min(PEER_CONNECT_TIMEOUT_S, self.timeout_s)),
+                limits=httpx.Limits(max_keepalive_connections=CONTROL_POOL_KEEPALIVE,
+                                    keepalive_expiry=PEER_KEEPALIVE_S),
             )
         return self._http
 
@@ -151,17 +179,14 @@ class Router:
         await self.reset_client()
 
     def data_of(self, call: Call, params: dict[str, Any]) -> DataAttrs:
-        data_class = str(params.get("outpost.data_class") or self.daemon.config.node.default_data_class)
-        own = self.daemon.identity.jurisdiction if self.daemon.identity else ""
+        data_class = str(params.get("outpost.data_class") or self.deps.default_data_class)
+        own = self.deps.me.jurisdiction if self.deps.me else ""
         jurisdiction = str(params.get("outpost.jurisdiction") or own)
         model_ref = f"{call.model}:{call.version}" if call.version else call.model
         return DataAttrs(call.request_id, data_class, jurisdiction, model_ref)
 
     def _candidates(self, now: float) -> list[Candidate]:
-        cluster = self.daemon.cluster
-        if cluster is None:
-            return []
-        return cluster.candidates(now)
+        return self.deps.peers.candidates(now)
 
     # -- the one path --------------------------------------------------------------------------
 
@@ -174,9 +199,9 @@ class Router:
 
     async def _infer(self, call: Call) -> Answer:
         served = self._served(call)
-        engine = self.daemon.engine
-        me = self.self_attrs
-        if me is None or self.daemon.cluster is None:
+        engine = self.deps.policy.engine
+        me = self.deps.me
+        if me is None:
             # A lone node: no placement to do, and the labels are read with the body itself.
             if served is None:
                 ref = f"{call.model}:{call.version}" if call.version else call.model
@@ -232,7 +257,7 @@ class Router:
 
     def _served(self, call: Call) -> Served | None:
         try:
-            return self.daemon.host.resolve(call.model, call.version)
+            return self.deps.models.resolve(call.model, call.version)
         except ModelNotFound:
             return None
 
@@ -240,8 +265,8 @@ class Router:
 
     async def _local(self, call: Call, served: Served, data: DataAttrs | None,
                      why: str) -> Answer:
-        engine = self.daemon.engine
-        me = self.self_attrs
+        engine = self.deps.policy.engine
+        me = self.deps.me
         if data is not None and engine.bundle is not None and me is not None:
             decision = engine.decide_infer(call.caller, data, me, call.hops)
             if not decision.allowed:
@@ -262,7 +287,7 @@ class Router:
                                     str(exc)[:200])
             raise HTTPError(400, str(exc)) from None
         except Overloaded as exc:
-            self.daemon.metrics.requests.labels(record.name, record.version, "503").inc()
+            self.deps.metrics.requests.labels(record.name, record.version, "503").inc()
             raise HTTPError(503, str(exc), [(b"retry-after",
                                              str(max(1, round(exc.retry_after))).encode())]) from None
         except ModelUnavailable as exc:
@@ -275,7 +300,7 @@ class Router:
             body, json_len = encode_infer_response(
                 model_name=record.name, model_version=record.version, request=request,
                 outputs=outputs,
-                parameters={"outpost.served_by": self.daemon.node_id,
+                parameters={"outpost.served_by": self.deps.node_id,
                             "outpost.route": "local" if call.hops == 0 else "forwarded",
                             "outpost.reason": why},
             )
@@ -289,16 +314,14 @@ class Router:
         elapsed = time.perf_counter() - started
         previous = self._latency.get(data.model)
         self._latency[data.model] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
-        self.daemon.metrics.answered(record.name, record.version, elapsed)
+        self.deps.metrics.answered(record.name, record.version, elapsed)
         return Answer(body, json_len)
 
     # -- forwarding ----------------------------------------------------------------------------
 
     async def _forward(self, call: Call, data: DataAttrs, target: Candidate, decision: Decision,
                        why: str) -> Answer:
-        cluster = self.daemon.cluster
-        assert cluster is not None
-        address = cluster.address_of(target.node_id)
+        address = self.deps.peers.address_of(target.node_id)
         if address is None:
             raise _PeerFailed("no address")
         labels = {"outpost.data_class": data.data_class, "outpost.jurisdiction": data.jurisdiction}
@@ -315,12 +338,12 @@ class Router:
             status, content, json_len = await self._post(f"https://{address}{path}", body,
                                                          headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self.daemon.metrics.forwards.labels(target.node_id, "unreachable").inc()
+            self.deps.metrics.forwards.labels(target.node_id, "unreachable").inc()
             await decided
             raise _PeerFailed(f"{type(exc).__name__}") from None
         await decided
         if status != 200:
-            self.daemon.metrics.forwards.labels(target.node_id, str(status)).inc()
+            self.deps.metrics.forwards.labels(target.node_id, str(status)).inc()
             try:
                 message = str(json.loads(content).get("error", ""))
             except (ValueError, AttributeError):
@@ -329,7 +352,7 @@ class Router:
                 # The executor judged the request itself: its answer is final.
                 raise HTTPError(status, f"{target.node_id}: {message}")
             raise _PeerFailed(f"{status} {message[:120]}")
-        self.daemon.metrics.forwards.labels(target.node_id, "200").inc()
+        self.deps.metrics.forwards.labels(target.node_id, "200").inc()
         return _annotated_answer(content, int(json_len) if json_len else None, why)
 
     async def _post(self, url: str, body: bytes,
@@ -337,13 +360,13 @@ class Router:
         """One request on the forwarding session: aiohttp's C-accelerated client keeps warm
         mutual-TLS connections per peer and costs a fraction of httpx per hop."""
         if self._session is None:
-            creds = self.daemon.credentials
-            assert creds is not None
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=creds.client(), limit=256,
-                                               keepalive_timeout=60.0),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s,
-                                              sock_connect=min(2.0, self.timeout_s)),
+                connector=aiohttp.TCPConnector(ssl=self.deps.client_tls(),
+                                               limit=FORWARD_POOL_CONNECTIONS,
+                                               keepalive_timeout=PEER_KEEPALIVE_S),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.timeout_s,
+                    sock_connect=min(PEER_CONNECT_TIMEOUT_S, self.timeout_s)),
             )
         async with self._session.post(url, data=body, headers=headers) as response:
             return response.status, await response.read(), response.headers.get(HDR_LEN)
@@ -353,8 +376,8 @@ class Router:
     def _append_infer(self, call: Call, served: Served, data: DataAttrs, outcome: str,
                       reason: str | None, *, alone: bool = False) -> Awaitable[int]:
         """Queue this node's ``infer`` entry now; await the result before answering."""
-        audit = self.daemon.audit
-        engine = self.daemon.engine
+        audit = self.deps.audit
+        engine = self.deps.policy.engine
         try:
             return audit.append_bytes(audit.record(
                 "infer", model=served.record.name, version=served.record.version,
@@ -362,7 +385,7 @@ class Router:
                 input_sha256=hashlib.sha256(call.body).hexdigest(), reason=reason,
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": call.request_id[:64]},
+                        "request": call.request_id[:MAX_REQUEST_ID_CHARS]},
             ).to_bytes(), alone=alone)
         except Exception as exc:  # closed while stopping
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -384,7 +407,7 @@ class Router:
 
     async def _audit_forward(self, call: Call, data: DataAttrs, decision: str, target: str | None,
                              policy_version: int | None, reason: str, attempts: list[str]) -> None:
-        audit = self.daemon.audit
+        audit = self.deps.audit
         try:
             await audit.append(audit.record(
                 "forward", model=call.model, version=call.version, caller=call.caller_name,
@@ -392,7 +415,7 @@ class Router:
                 policy_version=policy_version, reason=reason[:1000],
                 input_sha256=hashlib.sha256(call.body).hexdigest(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "failed": len(attempts), "request": call.request_id[:64]},
+                        "failed": len(attempts), "request": call.request_id[:MAX_REQUEST_ID_CHARS]},
             ))
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); retry shortly",

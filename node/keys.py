@@ -13,10 +13,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from node.errors import OperatorError
+
 KEY_FILE = "node.key"
 
 
-class NodeKeyError(RuntimeError):
+class NodeKeyError(OperatorError):
     """The node key is missing, unreadable or not an Ed25519 private key."""
 
 

@@ -26,14 +26,15 @@ from models import (
     validate_version,
 )
 from node.audit import AuditLog
-from node.store import ModelRecord, Store, StoreError, next_version
+from node.errors import OperatorError
+from node.store import ModelExists, ModelRecord, Store, next_version
 
 log = logging.getLogger("outpost.models")
 
 BLOB_DIR = "blobs"
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(OperatorError, LookupError):
     """No such model (or version) on this node; maps to HTTP 404."""
 
 
@@ -133,7 +134,7 @@ class ModelHost:
                 existing = [r.version for r in await self.store.list_models() if r.name == name]
                 version = next_version(existing)
             if await self.store.get_model(name, version) is not None:
-                raise StoreError(
+                raise ModelExists(
                     f"model {name}:{version} already exists; remove it first with "
                     f"`outpost models rm {name}:{version}` or choose another --version"
                 )

@@ -7,7 +7,6 @@ lock, through the same ``ModelHost`` code the daemon uses.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,12 +20,10 @@ from models import SAMPLE_MODEL
 from models.datatypes import from_oip
 from node import config as cfg
 from node import control
-from node.audit import AuditLog
 from node.client import DaemonError, connect
-from node.enrollment import load_identity
 from node.keys import create_key, load_key
 from node.modelhost import ModelHost
-from node.store import Store
+from node.offline import OfflineNode, run_offline
 
 T = TypeVar("T")
 
@@ -42,26 +39,11 @@ class InitResult:
 
 def _offline(data_dir: Path, holder: str, fn: Callable[[ModelHost], Awaitable[T]]) -> T:
     """Run ``fn`` on the store with no daemon: under the data-dir lock, audited like online."""
-    config = cfg.load(data_dir)
-    key = load_key(data_dir)
-    ident = load_identity(data_dir)
 
-    async def go() -> T:
-        store = await Store.open(data_dir)
-        try:
-            audit = await AuditLog.open(store, key, config.node.name,
-                                        ident.federation if ident else None, config.audit)
-            try:
-                host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes,
-                                 audit=audit)
-                return await fn(host)
-            finally:
-                await audit.close()
-        finally:
-            await store.close()
+    async def on_host(node: OfflineNode) -> T:
+        return await fn(node.host)
 
-    with control.offline_lock(data_dir, holder):
-        return asyncio.run(go())
+    return run_offline(data_dir, holder, on_host)
 
 
 def init_node(data_dir: Path, *, name: str | None = None, sample: bool = True) -> InitResult:
@@ -219,7 +201,11 @@ def _load_inputs(text: str) -> Any:
     path = Path(text)
     if not text.lstrip().startswith(("{", "[")) and path.exists():
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            try:
+                return np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise DaemonError(f"--input {path} is not a NumPy .npy array ({exc}); save it "
+                                  "with numpy.save") from None
         text = path.read_text()
     try:
         return json.loads(text)

@@ -7,7 +7,6 @@ through the daemon when it runs, so they take effect live, and are always audite
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,19 +15,19 @@ from typing import Any, TypeVar
 from federation import identity
 from federation.audit import log_origin
 from federation.errors import FederationError
+from federation.identity import NodeIdentity
 from node import authority, control
 from node import config as cfg
-from node.audit import AuditLog, AuditReader
+from node.audit import AuditReader
 from node.client import connect
 from node.enrollment import (
     EnrollmentError,
-    apply_document,
     install_certificate,
     load_identity,
     now,
 )
 from node.keys import load_key
-from node.store import Store
+from node.offline import OfflineNode, read_store, run_offline
 
 T = TypeVar("T")
 
@@ -47,15 +46,7 @@ def _verifier_names(data_dir: Path) -> tuple[str, list[Any]]:
 
 def _read(data_dir: Path, fn: Callable[[AuditReader], Awaitable[T]]) -> T:
     _, verifiers = _verifier_names(data_dir)
-
-    async def go() -> T:
-        store = await Store.open(data_dir)
-        try:
-            return await fn(AuditReader(store, verifiers))
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    return read_store(data_dir, lambda store: fn(AuditReader(store, verifiers)))
 
 
 # -- audit -----------------------------------------------------------------------------------
@@ -163,10 +154,17 @@ def policy_sign(ca_dir: Path, policy: Path, version: int, out: Path,
     body = sign_bundle(
         auth.key, policy.read_text(), version, rfc3339(now()), auth.name,
         schema=schema.read_text() if schema else None,
-        entities=json.loads(entities.read_text()) if entities else None,
+        entities=_json_file(entities) if entities else None,
     )
     out.write_bytes(body)
     return {"federation": auth.name, "version": version, "file": str(out)}
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise EnrollmentError(f"{path} is not JSON ({exc}); give a Cedar entities JSON file") from None
 
 
 def policy_show(data_dir: Path) -> dict[str, Any] | None:
@@ -175,14 +173,7 @@ def policy_show(data_dir: Path) -> dict[str, Any] | None:
     from node.enrollment import authority_pem
     from node.store import get_doc
 
-    async def get() -> tuple[int, bytes] | None:
-        store = await Store.open(data_dir)
-        try:
-            return await get_doc(store, "policy")
-        finally:
-            await store.close()
-
-    held = asyncio.run(get())
+    held = read_store(data_dir, lambda store: get_doc(store, "policy"))
     ca = authority_pem(data_dir)
     if held is None or ca is None:
         return None
@@ -245,58 +236,49 @@ def join(data_dir: Path, cert: Path, seeds: list[str]) -> dict[str, Any]:
             "the daemon is running; stop it, run `outpost join` (it changes the node's identity "
             "and audit origin), then start it again"
         )
-    with control.offline_lock(data_dir, "outpost join"):
-        ident = install_certificate(data_dir, cert.read_bytes(), config.node.name, key)
+    installed: list[NodeIdentity] = []
+
+    def install() -> None:
+        installed.append(install_certificate(data_dir, cert.read_bytes(), config.node.name, key))
         if seeds:
             for seed in seeds:
                 cfg.parse_hostport(seed, key="--seed")
             cfg.save(data_dir, config.replace("federation", seeds=sorted(set(seeds))))
 
-        async def record() -> None:
-            store = await Store.open(data_dir)
-            try:
-                audit = await AuditLog.open(store, key, config.node.name, ident.federation,
-                                            config.audit)
-                await audit.append(audit.record(
-                    "enroll", caller="admin", peer=ident.federation,
-                    detail={"tier": ident.tier, "site": ident.site,
-                            "jurisdiction": ident.jurisdiction, "serial": f"{ident.serial:x}"},
-                ))
-                await audit.close()
-            finally:
-                await store.close()
+    async def record(node: OfflineNode) -> None:
+        ident = installed[0]
+        await node.audit.append(node.audit.record(
+            "enroll", caller="admin", peer=ident.federation,
+            detail={"tier": ident.tier, "site": ident.site,
+                    "jurisdiction": ident.jurisdiction, "serial": f"{ident.serial:x}"},
+        ))
 
-        asyncio.run(record())
+    # The certificate is installed under the lock, before the audit log opens: the entry
+    # goes to the log of the node's new origin.
+    run_offline(data_dir, "outpost join", record, prepare=install)
+    ident = installed[0]
     return {**ident.attributes(), "federation": ident.federation, "origin": ident.origin}
 
 
 def apply(data_dir: Path, document: Path) -> dict[str, Any]:
     body = document.read_bytes()
+    try:
+        text = body.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise EnrollmentError(
+            f"{document} is not text, so not an authority-signed document; give the file "
+            "written by `outpost federation revoke` or `outpost policy sign`"
+        ) from None
     client = connect(data_dir)
     if client is not None:
         with client:
-            result: dict[str, Any] = client.request(
-                "POST", "/apply", {"document": body.decode("utf-8", errors="strict")}
-            )
+            result: dict[str, Any] = client.request("POST", "/apply", {"document": text})
             return result
-    config = cfg.load(data_dir)
-    key = load_key(data_dir)
-    ident = load_identity(data_dir)
 
-    async def go() -> dict[str, Any]:
-        store = await Store.open(data_dir)
-        try:
-            applied = await apply_document(store, data_dir, body)
-            audit = await AuditLog.open(store, key, config.node.name,
-                                        ident.federation if ident else None, config.audit)
-            await audit.append(audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
-            await audit.close()
-            return applied.to_json()
-        finally:
-            await store.close()
+    async def go(node: OfflineNode) -> dict[str, Any]:
+        return await node.apply(body)
 
-    with control.offline_lock(data_dir, "outpost apply"):
-        return asyncio.run(go())
+    return run_offline(data_dir, "outpost apply", go)
 
 
 __all__ = ["EnrollmentError", "FederationError"]

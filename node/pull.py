@@ -21,16 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from node.errors import OperatorError
 from node.http import HTTPError, Receive, Scope, Send, header, send_json
+from node.limits import FILE_CHUNK_BYTES
 
 if TYPE_CHECKING:
     from federation.identity import NodeIdentity
-    from node.daemon import Daemon
+    from node.peer import PeerApp
+    from node.ports import AuditSink, ModelSource, PolicyView
 
-CHUNK = 1 << 20
+CHUNK = FILE_CHUNK_BYTES
 
 
-class PullError(RuntimeError):
+class PullError(OperatorError):
     """The model could not be fetched or did not verify; the message names the fix."""
 
 
@@ -43,8 +46,10 @@ class Source:
     sha256: str
 
 
-def peer_routes(daemon: Daemon) -> None:
-    assert daemon.peer_app is not None
+def peer_routes(app: PeerApp, models: ModelSource, policy: PolicyView,
+                audit: AuditSink) -> None:
+    """``GET /peer/v1/models/...`` on the peer endpoint: the models ``model.pull`` policy
+    lets the calling node have."""
 
     async def model(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                     rest: str) -> None:
@@ -55,10 +60,10 @@ def peer_routes(daemon: Daemon) -> None:
             raise HTTPError(404, "use /peer/v1/models/{name}/{version}[/blob]")
         name, version = parts[0], parts[1]
         try:
-            served = daemon.host.resolve(name, version)
+            served = models.resolve(name, version)
         except LookupError:
             raise HTTPError(404, f"model {name}:{version} is not held here") from None
-        decision = daemon.engine.decide_model_pull(NodeAttrs(**peer.attributes()), name, version)
+        decision = policy.engine.decide_model_pull(NodeAttrs(**peer.attributes()), name, version)
         if not decision.allowed:
             raise HTTPError(403, f"policy does not let {peer.node_id} pull {name}:{version}: "
                                  + ("; ".join(decision.reasons) or "denied"))
@@ -67,16 +72,16 @@ def peer_routes(daemon: Daemon) -> None:
             await send_json(send, 200, {"name": name, "version": version,
                                         "sha256": record.sha256, "size": record.size})
             return
-        path = daemon.host.blobs.path(record.sha256)
+        path = models.blobs.path(record.sha256)
         start = _range_start(header(scope, b"range"), record.size)
-        await daemon.audit.append(daemon.audit.record(
+        await audit.append(audit.record(
             "model.pull", model=name, version=version, caller=f"node:{peer.node_id}",
             decision="allowed", policy_version=decision.policy_version,
             detail={"sha256": record.sha256, "offset": start},
         ))
         await _send_file(send, path, start, record.size)
 
-    daemon.peer_app.route("GET", "/peer/v1/models", model)
+    app.route("GET", "/peer/v1/models", model)
 
 
 def _range_start(value: bytes | None, size: int) -> int:

@@ -13,12 +13,12 @@ signed root (``federation.merkle.CompactRange``), then appends them to the repli
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 
@@ -28,38 +28,42 @@ from federation.merkle import CompactRange, leaf_hash
 from federation.messages import ItemKind
 from federation.note import Checkpoint, Verifier
 from federation.policy_engine import NodeAttrs
-
-if TYPE_CHECKING:
-    from node.daemon import Daemon
+from node.cluster import Cluster
+from node.limits import AUDIT_PAGE_ENTRIES
+from node.ports import PolicyView
+from node.store import Store
 
 log = logging.getLogger("outpost.replication")
 
-# Entries fetched per request: bounds one response (~1 KiB an entry) while keeping a long
-# catch-up to a few hundred round trips per million entries.
-PAGE = 2000
+# Entries fetched per request (see node.limits).
+PAGE = AUDIT_PAGE_ENTRIES
 
 
-async def replicate_forever(daemon: Daemon) -> None:
-    interval = daemon.config.federation.checkpoint_interval_s
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await replicate_once(daemon)
-        except Exception:
-            log.exception("audit replication round failed")
+@dataclass(frozen=True)
+class Collector:
+    """What replication needs of an enrolled node (wired in ``node.daemon``); one round is
+    :meth:`once`, run every ``federation.checkpoint_interval_s`` by the daemon's tasks."""
+
+    me: NodeAttrs
+    cluster: Cluster  # membership, verified identities and adverts of the peers
+    policy: PolicyView
+    store: Store
+    http: Callable[[], httpx.AsyncClient]  # the mutual-TLS control client
+
+    async def once(self) -> int:
+        return await replicate_once(self)
 
 
-async def replicate_once(daemon: Daemon) -> int:
+async def replicate_once(node: Collector) -> int:
     """One round over every alive peer this node may collect from; returns entries added."""
-    cluster, router, me = daemon.cluster, daemon.router, daemon.identity
-    if cluster is None or router is None or me is None or daemon.engine.bundle is None:
+    cluster, engine = node.cluster, node.policy.engine
+    if engine.bundle is None:
         return 0
-    collector = NodeAttrs(**me.attributes())
     added = 0
     for candidate in cluster.candidates(time.monotonic()):
         if not candidate.alive:
             continue
-        decision = daemon.engine.decide_audit_replicate(collector, candidate.attrs)
+        decision = engine.decide_audit_replicate(node.me, candidate.attrs)
         if not decision.allowed:
             continue
         address = cluster.address_of(candidate.node_id)
@@ -68,17 +72,17 @@ async def replicate_once(daemon: Daemon) -> int:
         if address is None or verifier is None or ident is None:
             continue
         try:
-            added += await _pull(daemon, router.client(), address, verifier, ident.origin,
+            added += await _pull(node, node.http(), address, verifier, ident.origin,
                                  candidate.node_id)
         except (httpx.HTTPError, FederationError, ValueError, KeyError) as exc:
             log.warning("replicating %s failed: %s", candidate.node_id, exc)
     return added
 
 
-async def _pull(daemon: Daemon, http: httpx.AsyncClient, address: str, verifier: Verifier,
+async def _pull(node: Collector, http: httpx.AsyncClient, address: str, verifier: Verifier,
                 origin: str, node_id: str) -> int:
     base = f"https://{address}/peer/v1/audit"
-    held_size, held_note = await _held(daemon, origin)
+    held_size, held_note = await _held(node.store, origin)
     response = await http.get(f"{base}/checkpoint")
     response.raise_for_status()
     note = response.json()["checkpoint"]
@@ -112,28 +116,27 @@ async def _pull(daemon: Daemon, http: httpx.AsyncClient, address: str, verifier:
             start += 1
     if cr.root() != checkpoint.root_hash:
         raise ValueError(f"{node_id}'s entries do not match its signed checkpoint")
-    await _store(daemon, origin, held_size, entries, checkpoint.size, note, node_id)
+    await _store(node, origin, held_size, entries, checkpoint.size, note, node_id)
     log.info("replicated %d entries of %s (now %d)", len(entries), origin, checkpoint.size)
     return len(entries)
 
 
-async def _held(daemon: Daemon, origin: str) -> tuple[int, str | None]:
-    async with daemon.store.conn.execute(
+async def _held(store: Store, origin: str) -> tuple[int, str | None]:
+    async with store.conn.execute(
         "SELECT size, note FROM replica_head WHERE origin = ?", (origin,)
     ) as cur:
         row = await cur.fetchone()
     return (int(row[0]), str(row[1])) if row else (0, None)
 
 
-async def _store(daemon: Daemon, origin: str, first: int, entries: list[bytes], size: int,
+async def _store(node: Collector, origin: str, first: int, entries: list[bytes], size: int,
                  note: str, node_id: str) -> None:
     """Append to the replica tables (shared with ``outpost bundle``) in one transaction."""
     cert = b""
-    if daemon.cluster is not None:
-        item = daemon.cluster.sync.get(node_id, ItemKind.CAPABILITY_ADVERT, "advert")
-        if item is not None:
-            cert = json.loads(item.value)["cert"].encode()
-    conn = daemon.store.conn
+    item = node.cluster.sync.get(node_id, ItemKind.CAPABILITY_ADVERT, "advert")
+    if item is not None:
+        cert = json.loads(item.value)["cert"].encode()
+    conn = node.store.conn
     await conn.execute("BEGIN IMMEDIATE")
     try:
         await conn.executemany(

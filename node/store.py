@@ -21,12 +21,17 @@ from typing import Any
 import aiosqlite
 
 from models import ModelSignature
+from node.errors import NodeFault, OperatorError
 
 DB_FILE = "outpost.db"
 
 
-class StoreError(RuntimeError):
+class StoreError(NodeFault):
     """The database cannot be opened or used; the message names the file and the fix."""
+
+
+class ModelExists(OperatorError):
+    """A model of that name and version is already held; remove it or pick another version."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ class Store:
                 (name, version, sha256, size, json.dumps(signature.to_json()), record.added_at),
             )
         except sqlite3.IntegrityError:
-            raise StoreError(
+            raise ModelExists(
                 f"model {name}:{version} already exists; remove it first with "
                 f"`outpost models rm {name}:{version}` or choose another --version"
             ) from None

@@ -17,13 +17,13 @@ the node's own audit log from a second process.
 
 Where each part runs. Export only reads (SQLite WAL readers are safe beside the daemon), so
 it runs in the CLI process either way. Import changes the node: with no daemon it runs in
-the CLI process under the data-directory lock, through the same ``apply_document`` +
-audit path as ``outpost apply`` and the same ``ModelHost.add`` as ``outpost models add``.
-When a daemon runs, only the daemon may append to its audit log, so the CLI hands it the
-file's path over the admin socket (:data:`IMPORT_ROUTE`, served by :func:`admin_route`)
-and the daemon imports it with its own ``Daemon.apply`` (the handler of ``POST /apply``:
-documents take effect live and spread by gossip) and its own model host (models load
-live). Either way import and replica writes use a connection of their own, so a
+the CLI process under the data-directory lock (``node.offline.run_offline``), through the
+same ``node.documents.apply_signed`` as ``outpost apply`` and the same ``ModelHost.add``
+as ``outpost models add``. When a daemon runs, only the daemon may append to its audit
+log, so the CLI hands it the file's path over the admin socket (:data:`IMPORT_ROUTE`,
+served by :func:`admin_route`) and the daemon imports it with its own document sink
+(``node.documents.Documents.apply``, the handler of ``POST /apply``: documents take effect
+live and spread by gossip) and its own model host (models load live). Either way import and replica writes use a connection of their own, so a
 multi-statement transaction never interleaves with the audit writer's.
 
 Blobs are streamed: the signed head is read and verified first (``read_head``), then each
@@ -70,21 +70,21 @@ from federation.syncbundle import (
 )
 from models import ModelError, inspect_model
 from models.blobs import TEMP_PREFIX
-from node import config as cfg
-from node import control
 from node.audit import AuditError, AuditLog, AuditReader, _fetch_nodes
 from node.client import DaemonError, connect
 from node.enrollment import (
     NODE_CERT,
     EnrollmentError,
-    apply_document,
     authority_pem,
     load_identity,
     now,
     revocations,
 )
+from node.errors import OperatorError
 from node.keys import load_key
+from node.limits import FILE_CHUNK_BYTES
 from node.modelhost import BLOB_DIR, ModelHost
+from node.offline import OfflineNode, read_store, run_offline
 from node.store import Store, StoreError, get_doc
 
 __all__ = [
@@ -102,10 +102,10 @@ __all__ = [
 #: Admin-socket route of a running daemon that imports a bundle file (JSON ``{"path": ...}``).
 IMPORT_ROUTE = "/bundle/import"
 
-_CHUNK = 1 << 20
+_CHUNK = FILE_CHUNK_BYTES
 
 
-class BundleError(ValueError):
+class BundleError(OperatorError, ValueError):
     """A bundle cannot be written or imported here; the message names the fix.
 
     (Refusals of the file itself — bad signature, foreign federation, altered entries — are
@@ -181,14 +181,7 @@ def _public_key(cert_pem: bytes) -> Ed25519PublicKey:
 
 
 def _read_store(data_dir: Path, fn: Callable[[Store], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        store = await Store.open(data_dir)
-        try:
-            return await fn(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    return read_store(data_dir, fn)
 
 
 def replicas(data_dir: Path) -> list[dict[str, Any]]:
@@ -266,9 +259,8 @@ def export_bundle(
         )
     wanted = _expand_since(since or {}, ident.federation)
     cert_pem = (data_dir / NODE_CERT).read_bytes()
-    result: dict[str, Any] = asyncio.run(
-        _export(data_dir, out, key, ident, ca, cert_pem, wanted, include_models)
-    )
+    result: dict[str, Any] = read_store(data_dir, lambda store: _export(
+        store, data_dir, out, key, ident, ca, cert_pem, wanted, include_models))
     return result
 
 
@@ -283,6 +275,7 @@ def _expand_since(since: Mapping[str, int], federation: str) -> dict[str, int]:
 
 
 async def _export(
+    store: Store,
     data_dir: Path,
     out: Path,
     key: Ed25519PrivateKey,
@@ -292,30 +285,26 @@ async def _export(
     since: dict[str, int],
     include_models: bool,
 ) -> dict[str, Any]:
-    store = await Store.open(data_dir)
-    try:
-        sections = [await _own_section(store, key, ident.origin, since.get(ident.origin, 0))]
-        certs: list[bytes] = []
-        left_out: list[dict[str, str]] = []
-        crl = await revocations(store, data_dir)
-        for replica in (await _replica_heads(store)).values():
-            if replica.origin == ident.origin:
-                continue
-            try:
-                section = await _replica_section(store, replica, ca, crl,
-                                                 since.get(replica.origin, 0))
-            except (FederationError, BundleError) as exc:
-                # The importer would refuse the whole bundle for this one log (revoked or
-                # expired node, damaged copy), so it stays home and the operator is told.
-                left_out.append({"origin": replica.origin, "reason": str(exc)})
-                continue
-            sections.append(section)
-            certs.append(replica.cert)
-        policy = await get_doc(store, "policy")
-        crl_doc = await get_doc(store, "revocation")
-        records = await store.list_models() if include_models else []
-    finally:
-        await store.close()
+    sections = [await _own_section(store, key, ident.origin, since.get(ident.origin, 0))]
+    certs: list[bytes] = []
+    left_out: list[dict[str, str]] = []
+    crl = await revocations(store, data_dir)
+    for replica in (await _replica_heads(store)).values():
+        if replica.origin == ident.origin:
+            continue
+        try:
+            section = await _replica_section(store, replica, ca, crl,
+                                             since.get(replica.origin, 0))
+        except (FederationError, BundleError) as exc:
+            # The importer would refuse the whole bundle for this one log (revoked or
+            # expired node, damaged copy), so it stays home and the operator is told.
+            left_out.append({"origin": replica.origin, "reason": str(exc)})
+            continue
+        sections.append(section)
+        certs.append(replica.cert)
+    policy = await get_doc(store, "policy")
+    crl_doc = await get_doc(store, "revocation")
+    records = await store.list_models() if include_models else []
     refs = [ModelRef(r.name, r.version, r.sha256, r.size) for r in records]
     head = build_head(
         federation=ident.federation,
@@ -459,23 +448,21 @@ def _write_file(out: Path, head: bytes, blobs: Sequence[tuple[ModelRef, Path]]) 
 
 
 class LiveNode(Protocol):
-    """What the import needs of a running daemon (``node.daemon.Daemon`` has all of it)."""
+    """What the import needs of a running daemon (wired in ``node.daemon``)."""
 
-    data_dir: Path
-    store: Store
-    audit: AuditLog
-    host: ModelHost
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def host(self) -> ModelHost: ...
 
     async def apply(self, body: bytes) -> dict[str, Any]: ...
-
-
-@dataclass
-class _Node:
-    data_dir: Path
-    store: Store
-    audit: AuditLog
-    host: ModelHost
-    apply: Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
 def import_bundle(data_dir: Path, path: Path) -> dict[str, Any]:
@@ -500,38 +487,16 @@ def import_bundle(data_dir: Path, path: Path) -> dict[str, Any]:
                     ) from None
                 raise
             return result
-    config = cfg.load(data_dir)
-    key = load_key(data_dir)
-    ident = load_identity(data_dir)
-    if ident is None:
+    if load_identity(data_dir) is None:
         raise EnrollmentError(
             "this node is not enrolled, so it cannot check a bundle's signatures; run "
             "`outpost join CERT` first"
         )
 
-    async def go() -> dict[str, Any]:
-        store = await Store.open(data_dir)
-        try:
-            audit = await AuditLog.open(store, key, config.node.name, ident.federation,
-                                        config.audit)
-            try:
-                host = ModelHost(store, data_dir, max_model_bytes=config.models.max_model_bytes,
-                                 audit=audit)
+    async def go(node: OfflineNode) -> dict[str, Any]:
+        return await _import(node, path)
 
-                async def apply(body: bytes) -> dict[str, Any]:
-                    applied = await apply_document(store, data_dir, body)
-                    await audit.append(audit.record(f"{applied.kind}.apply",
-                                                    **applied.audit_fields()))
-                    return applied.to_json()
-
-                return await _import(_Node(data_dir, store, audit, host, apply), path)
-            finally:
-                await audit.close()
-        finally:
-            await store.close()
-
-    with control.offline_lock(data_dir, "outpost bundle import"):
-        return asyncio.run(go())
+    return run_offline(data_dir, "outpost bundle import", go)
 
 
 AdminHandler = Callable[[dict[str, Any], str], Awaitable[tuple[int, Any]]]
@@ -546,12 +511,11 @@ def admin_route(daemon: LiveNode) -> AdminHandler:
         path = payload.get("path")
         if not isinstance(path, str) or not os.path.isabs(path):
             return 400, {"error": "bundle import needs {\"path\": ABSOLUTE_PATH}"}
-        node = _Node(daemon.data_dir, daemon.store, daemon.audit, daemon.host, daemon.apply)
         try:
             async with lock:
-                return 200, await _import(node, Path(path))
-        except (FederationError, EnrollmentError, AuditError, ModelError, StoreError,
-                ValueError) as exc:
+                return 200, await _import(daemon, Path(path))
+        except (OperatorError, FederationError, ModelError) as exc:
+            # A fault of the node (NodeFault: store, audit log) goes on to the admin API: 500.
             return 400, {"error": str(exc)}
 
     return handle
@@ -675,7 +639,7 @@ class _LogRow:
                 "reason": self.reason}
 
 
-async def _import(node: _Node, path: Path) -> dict[str, Any]:
+async def _import(node: LiveNode, path: Path) -> dict[str, Any]:
     ca = authority_pem(node.data_dir)
     if ca is None:
         raise EnrollmentError(

@@ -109,9 +109,9 @@ def test_key_pem_round_trips() -> None:
 
 def test_enrollment_request_round_trip() -> None:
     key = generate_key()
-    data = make_enrollment_request("edge-7.site-b", key, NOW)
+    data = make_enrollment_request("edge-7-site-b", key, NOW)
     request = read_enrollment_request(data)
-    assert request.node_id == "edge-7.site-b"
+    assert request.node_id == "edge-7-site-b"
     assert request.fingerprint == fingerprint(key.public_key())
     assert request.created == "2025-06-01T12:00:00.000000Z"
     assert json.loads(data)["request"]["type"] == "outpost.enrollment-request.v1"
