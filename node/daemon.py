@@ -211,6 +211,7 @@ class Daemon:
                     "version": s.record.version,
                     "sha256": s.record.sha256,
                     "provider": s.model.provider,
+                    "execution": s.model.execution,
                     "queue_depth": s.model.queue_depth,
                     "dynamic_batching": s.record.signature.batch_dynamic,
                 }
