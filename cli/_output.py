@@ -59,16 +59,29 @@ def print_models(records: list[dict[str, Any]]) -> None:
     if not records:
         click.echo("no models; add one with `outpost models add PATH --name NAME`")
         return
-    table = Table("name", "version", "size", "sha256", "inputs", "outputs", "provider")
+    table = Table("name", "version", "size", "sha256", "inputs", "outputs", "provider", "runs")
     for r in records:
         sig = r["signature"]
         table.add_row(
             r["name"], r["version"], _size(r["size"]), r["sha256"][:16] + "…",
             ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["inputs"]),
             ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in sig["outputs"]),
-            r.get("provider", "-"),
+            r.get("provider") or "-",
+            _execution(r.get("execution")),
         )
     console.print(table)
+
+
+def _execution(execution: dict[str, Any] | None) -> str:
+    """``inline (run 12.0 us < hand-off 70.1 us)``, ``worker``, or ``-`` when not loaded."""
+    if not execution:
+        return "-"
+    mode = str(execution["mode"])
+    run, handoff = execution.get("run_p50_us"), execution.get("handoff_p50_us")
+    if run is not None and handoff is not None:
+        op = "<" if mode == "inline" else ">="
+        return f"{mode} (run {run:g} us {op} hand-off {handoff:g} us)"
+    return mode
 
 
 def print_status(info: dict[str, Any]) -> None:

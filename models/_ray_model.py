@@ -133,6 +133,10 @@ class RayModel:
         return self._signature
 
     @property
+    def execution(self) -> dict[str, Any]:
+        return {"mode": "ray" if self.mode == "ray" else "worker"}
+
+    @property
     def provider(self) -> str:
         with self._lock:
             if self.mode == "ray":

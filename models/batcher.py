@@ -4,8 +4,10 @@ Owns the bounded request queue, the worker threads, how requests are grouped int
 run, how outputs are split back, and how results cross back to the event loop. It knows
 nothing about onnxruntime: it calls a ``run(feed) -> outputs`` function, so any backend
 that can run a feed dict synchronously (in-process session, a remote actor call) can put
-it behind the same queue. Must never run a model on the event loop thread, and never let
-one failing request or observer stop a worker.
+it behind the same queue. Runs a model on the event loop thread only in inline mode
+(``set_inline``: the backend measured the model's run as shorter than the hand-off to a
+worker and back), and then only jobs small enough to keep the loop's stall that short;
+never lets one failing request or observer stop a worker.
 
 One worker suits an in-process session (one run at a time keeps the cores for other
 models). A backend whose ``run`` is a remote call asks for more (``workers``, ``resize``):
@@ -30,6 +32,10 @@ Theory of operation::
                                                 request fails only itself
     close()                                   closing and queue empty -> thread exits
       stop accepting, notify, join
+
+Inline mode: ``submit`` puts small jobs on a second queue that the loop drains itself, once
+per loop iteration (at once for a request alone), with the same batching and the same
+one-bad-request-fails-alone rule; larger jobs still go to the worker.
 
 ``queue_depth`` counts jobs accepted and not yet answered (queued + running); it is what
 ``max_queue`` bounds and what placement reads.
@@ -111,6 +117,11 @@ class Batcher:
         self._closing = False
         self._wanted = 0  # worker threads asked for; extra ones exit after their run
         self._threads: list[threading.Thread] = []
+        # Inline mode (``set_inline``): jobs small enough run on the event loop, batched per
+        # loop iteration exactly as the worker batches; bigger ones still go to the worker.
+        self._inline_max_elements = 0  # 0 = inline off
+        self._inline_jobs: collections.deque[_Job] = collections.deque()
+        self._inline_due = False
         self.resize(workers)
         self._thread = self._threads[0]
 
@@ -138,6 +149,15 @@ class Batcher:
                 thread.start()
             self._cond.notify_all()  # surplus idle workers wake up and exit
 
+    def set_inline(self, max_elements: int) -> None:
+        """Run jobs of at most ``max_elements`` input elements on the event loop (0: never).
+        For models whose run is shorter than the hand-off to a worker and back."""
+        self._inline_max_elements = max(0, max_elements)
+
+    @property
+    def inline(self) -> bool:
+        return self._inline_max_elements > 0
+
     @property
     def queue_depth(self) -> int:
         return self._accepted - self._finished
@@ -164,6 +184,17 @@ class Batcher:
                 retry_after=self._retry_after,
             )
         future: asyncio.Future[Outputs] = loop.create_future()
+        if self._inline_max_elements and (
+            sum(a.size for a in inputs.values()) <= self._inline_max_elements
+        ):
+            self._inline_jobs.append(_Job(inputs, future))
+            self._accepted += 1
+            if alone:
+                self._drain_inline()
+            elif not self._inline_due:
+                self._inline_due = True
+                loop.call_soon(self._drain_inline)
+            return future
         self._queue.append(_Job(inputs, future))  # deque: safe against the workers' pops
         self._accepted += 1
         # Read after the append (a worker announces itself before it checks the queue), so
@@ -182,8 +213,23 @@ class Batcher:
         with self._cond:
             self._cond.notify()
 
+    def _drain_inline(self) -> None:
+        """On the event loop: run what this loop iteration queued inline, in batches."""
+        self._inline_due = False
+        while self._inline_jobs:
+            with self._cond:
+                batch = self._take(self._inline_jobs, wait=False)
+            if not batch:
+                continue
+            results = self._execute(batch)
+            with self._cond:
+                self._finished += len(batch)
+            _resolve([(job.future, self._as_model_error(r) if isinstance(r, BaseException)
+                       else r) for job, r in zip(batch, results, strict=True)])
+
     async def close(self) -> None:
         """Stop accepting, let the workers finish every queued request, join them."""
+        self._drain_inline()
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -204,7 +250,7 @@ class Batcher:
                     if self._queue:  # hand the queue to a remaining worker
                         self._cond.notify()
                     return  # resized down, or closing and drained
-                batch = self._take()
+                batch = self._take(self._queue, wait=True)
                 if self._queue and self._waiting:
                     self._cond.notify()  # more than one batch queued: share with a sleeper
             if batch:  # empty when every queued job had been cancelled
@@ -223,9 +269,10 @@ class Batcher:
         """Under the lock: more workers run than asked for, and ``me`` is one too many."""
         return not self._closing and self._threads.index(me) >= self._wanted
 
-    def _take(self) -> list[_Job]:
-        """Under the lock: the next batch (empty when only cancelled jobs were queued)."""
-        first = self._pop_live()
+    def _take(self, queue: collections.deque[_Job], *, wait: bool) -> list[_Job]:
+        """Under the lock: the next batch from ``queue`` (empty when only cancelled jobs
+        were queued); ``wait``: may sleep up to max_batch_delay for more (worker only)."""
+        first = self._pop_live(queue)
         if first is None:
             return []
         batch = [first]
@@ -234,10 +281,10 @@ class Batcher:
         rows = first.rows
         deadline: float | None = None
         while rows < self._max_rows:
-            while self._queue and rows < self._max_rows:
-                job = self._queue[0]
+            while queue and rows < self._max_rows:
+                job = queue[0]
                 if job.future.cancelled():
-                    self._queue.popleft()
+                    queue.popleft()
                     self._finished += 1
                     continue
                 if (
@@ -246,10 +293,10 @@ class Batcher:
                     or rows + job.rows > self._max_rows
                 ):
                     return batch  # keep FIFO order: the next batch starts with this job
-                self._queue.popleft()
+                queue.popleft()
                 batch.append(job)
                 rows += job.rows
-            if self._delay <= 0 or self._closing or rows >= self._max_rows:
+            if not wait or self._delay <= 0 or self._closing or rows >= self._max_rows:
                 break
             now = time.monotonic()
             if deadline is None:
@@ -259,9 +306,9 @@ class Batcher:
             self._sleep(deadline - now)
         return batch
 
-    def _pop_live(self) -> _Job | None:
-        while self._queue:
-            job = self._queue.popleft()
+    def _pop_live(self, queue: collections.deque[_Job]) -> _Job | None:
+        while queue:
+            job = queue.popleft()
             if not job.future.cancelled():  # the caller went away: do not run it
                 return job
             self._finished += 1

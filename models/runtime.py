@@ -4,8 +4,16 @@ Owns ``RuntimeConfig``, the two interfaces the daemon programs against (``Backen
 a model version, ``LoadedModel`` serves it) and ``OrtBackend``: one onnxruntime session
 per model version, execution provider chosen per model at load, requests micro-batched on
 a worker thread (``models.batcher``). A Ray backend implements the same two protocols
-(and can reuse ``Batcher`` with a ``run`` that calls an actor). Must never run a model on
-the event loop thread, and never let onnxruntime write to the process's stdout/stderr.
+(and can reuse ``Batcher`` with a ``run`` that calls an actor). Never lets onnxruntime
+write to the process's stdout/stderr.
+
+Inline or worker (DESIGN §6): handing a request to the worker thread and the answer back
+costs a few tens of microseconds here, more than a tiny model's whole run. At load the
+backend measures both — the model's run on a one-row input, and a real loop -> thread ->
+loop round trip — and runs the model on the event loop when its p50 is below the
+hand-off's (``runtime.inline = "auto"``). The choice is checked again every
+``REDECIDE_EVERY`` runs against the run times seen in service, and reported in the
+model's metadata, ``outpost models list`` and ``status``.
 
 Provider choice (DESIGN §6): onnxruntime-gpu lists CUDA and TensorRT as available even
 with no GPU, and a session asked for CUDA then CPU silently runs on CPU after printing
@@ -18,14 +26,17 @@ build makes loads slow and prints a banner on fd 1.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import os
 import re
+import statistics
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +64,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Tensor = np.ndarray[Any, Any]
+
+REDECIDE_EVERY = 4096
+"""Runs between two inline-or-worker decisions in service (a few seconds at full load)."""
+_PROBE_RUNS = 31  # timed one-row runs at load (after warm-up): a stable median, ~ms total
+_HANDOFF_ROUND_TRIPS = 31
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -90,6 +106,13 @@ class RuntimeConfig:
     for small models (no thread hand-off) and leaves cores to other model versions;
     larger models gain from 2+."""
 
+    inline: str = "auto"
+    """Run a model on the event loop instead of its worker thread: "auto" when its measured
+    run (one row, p50) is shorter than the measured hand-off to the thread and back (tiny
+    models: saves the hand-off, ~35 us each way on a small VM); "never" always uses the
+    worker (the loop never runs a model); "always" inlines every model (only for tests and
+    experiments: a slow model then stalls every other request)."""
+
     retry_after_s: float = 1.0
     """Seconds suggested to a client refused with Overloaded (the Retry-After header).
     Shorter retries sooner but adds load while the node is saturated."""
@@ -101,6 +124,8 @@ class RuntimeConfig:
         check_int(_SECTION, self.max_queue, "max_queue", 1, 1_000_000)
         check_int(_SECTION, self.intra_op_threads, "intra_op_threads", 0, 256)
         check_num(_SECTION, self.retry_after_s, "retry_after_s", 0.001, 3600.0)
+        check(_SECTION, self.inline in ("auto", "never", "always"), "inline",
+              '"auto", "never" or "always"', self.inline)
 
     @classmethod
     def low_latency(cls) -> RuntimeConfig:
@@ -125,6 +150,11 @@ class LoadedModel(Protocol):
     @property
     def provider(self) -> str:
         """The execution provider actually in use, e.g. ``CPUExecutionProvider``."""
+        ...
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        """Where runs happen: ``{"mode": "inline" | "worker" | "ray", ...figures}``."""
         ...
 
     @property
@@ -183,6 +213,18 @@ class OrtBackend:
         self.config = config or RuntimeConfig()
         self._observer = observer
         self._cuda = "not tried" if self.config.providers == "auto" else "disabled"
+        self._handoff_s: float | None = None  # measured at the first load
+
+    async def handoff_cost(self) -> float:
+        """Median seconds of a real event loop -> thread -> event loop round trip."""
+        if self._handoff_s is None:
+            samples = []
+            for _ in range(_HANDOFF_ROUND_TRIPS):
+                start = time.perf_counter()
+                await asyncio.to_thread(int)
+                samples.append(time.perf_counter() - start)
+            self._handoff_s = statistics.median(samples)
+        return self._handoff_s
 
     async def load(
         self, name: str, version: str, path: Path, signature: ModelSignature
@@ -196,7 +238,11 @@ class OrtBackend:
                 f"model {name}:{version} ({path}) has signature {actual.to_json()} but its "
                 f"manifest says {signature.to_json()}; add the model again"
             )
-        return OrtModel(name, version, session, signature, provider, self.config, self._observer)
+        model = OrtModel(name, version, session, signature, provider, self.config, self._observer)
+        if self.config.inline != "never":
+            run_s = await asyncio.to_thread(model.probe_run)
+            model.decide(run_s, await self.handoff_cost(), force=self.config.inline == "always")
+        return model
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -291,6 +337,8 @@ class OrtModel:
         self._signature = signature
         self._provider = provider
         self._check = InputCheck(name, version, signature)
+        self._max_batch_size = config.max_batch_size
+        self._observer = observer
         self._batcher = Batcher(
             self._run,
             name=name,
@@ -300,8 +348,73 @@ class OrtModel:
             max_batch_delay_s=config.max_batch_delay_ms / 1000.0,
             max_queue=config.max_queue,
             retry_after_s=config.retry_after_s,
-            observer=observer,
+            observer=self._observe,
         )
+        # Inline or worker: decided at load (``decide``), checked again in service.
+        self._forced = False
+        self._handoff_s: float | None = None
+        self._run_s: float | None = None
+        self._probe_elements = 0
+        self._recent: collections.deque[float] = collections.deque(maxlen=255)
+        self._runs = 0
+
+    def probe_run(self) -> float | None:
+        """On a worker thread at load: median seconds of a one-row run on zeros, or None
+        when the model cannot be probed (text inputs, or a run that fails on zeros)."""
+        feed: dict[str, Tensor] = {}
+        for spec in self._signature.inputs:
+            if spec.datatype == "BYTES":
+                return None
+            shape = tuple(1 if d < 0 else d for d in spec.shape)
+            feed[spec.name] = np.zeros(shape, dtype=from_oip(spec.datatype).dtype)
+        self._probe_elements = sum(a.size for a in feed.values())
+        try:
+            for _ in range(3):
+                self._run(feed)
+            samples = []
+            for _ in range(_PROBE_RUNS):
+                start = time.perf_counter()
+                self._run(feed)
+                samples.append(time.perf_counter() - start)
+        except Exception as exc:  # e.g. a Gather that zeros index out of range: worker it is
+            log.debug("model %s:%s could not be probed on zeros: %s", self.name, self.version, exc)
+            return None
+        return statistics.median(samples)
+
+    def decide(self, run_s: float | None, handoff_s: float, *, force: bool = False) -> None:
+        """Inline when the run is shorter than the hand-off (or ``force``); else the worker.
+        Jobs up to ``max_batch_size`` times the probe's size run inline, larger ones go to
+        the worker, so one big request cannot stall the loop."""
+        self._forced, self._handoff_s = force, handoff_s
+        if run_s is not None:
+            self._run_s = run_s
+        inline = force or (self._run_s is not None and self._run_s < handoff_s)
+        was = self._batcher.inline
+        self._batcher.set_inline(
+            max(1, self._probe_elements) * self._max_batch_size if inline else 0)
+        if inline != was:
+            log.info("model %s:%s runs %s (run p50 %.1f us, hand-off %.1f us)", self.name,
+                     self.version, "inline on the event loop" if inline else "on its worker thread",
+                     (self._run_s or 0) * 1e6, handoff_s * 1e6)
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        """The inline-or-worker choice and the figures it was made on (for metadata)."""
+        return {
+            "mode": "inline" if self._batcher.inline else "worker",
+            "run_p50_us": None if self._run_s is None else round(self._run_s * 1e6, 1),
+            "handoff_p50_us": None if self._handoff_s is None else round(self._handoff_s * 1e6, 1),
+        }
+
+    def _observe(self, name: str, version: str, requests: int, seconds: float) -> None:
+        if self._observer is not None:
+            self._observer(name, version, requests, seconds)
+        if requests != 1 or self._handoff_s is None or self._forced:
+            return
+        self._recent.append(seconds)
+        self._runs += 1
+        if self._runs % REDECIDE_EVERY == 0:  # the model's cost in service may differ
+            self.decide(statistics.median(self._recent), self._handoff_s)
 
     @property
     def signature(self) -> ModelSignature:

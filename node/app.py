@@ -148,6 +148,7 @@ class OipApp:
             "parameters": {
                 "outpost.version": record.version,
                 "outpost.provider": model.provider,
+                "outpost.execution": model.execution["mode"],
                 "outpost.sha256": record.sha256,
                 "outpost.dynamic_batching": sig.batch_dynamic,
             },

@@ -3,8 +3,11 @@
 The math (entries, RFC 9162 hashing, compact ranges, checkpoints, verification) is in
 ``federation``; this module stores it in the node's SQLite database as ``federation.audit``
 describes, and owns one thing more: **durability before acknowledgement**. ``append`` returns
-only after the transaction holding the entry and its Merkle nodes has committed
-(``synchronous=FULL``: the WAL is fsynced). Concurrent appends are batched into one
+only after the transaction holding the entry and its Merkle nodes has committed: with
+``audit.sync = "full"`` (the default) ``synchronous=FULL``, the WAL fsynced, survives power
+loss; with ``"normal"`` committed to the WAL unsynced, survives kill -9 but not a power cut,
+and then every head write is fsynced instead, so no checkpoint leaves the node ahead of what
+is on disk. Concurrent appends are batched into one
 transaction (group commit), which is what makes thousands of durable appends per second
 possible on one fsync per batch.
 
@@ -114,6 +117,7 @@ class AuditLog:
         self.store = store
         self.signer = signer
         self.config = config
+        self._entry_sync = "FULL" if config.sync == "full" else "NORMAL"
         self.verifiers = verifiers
         self._clock = clock
         self._loop = asyncio.get_running_loop()
@@ -296,7 +300,7 @@ class AuditLog:
     def _writer(self, ready: asyncio.Future[None]) -> None:
         try:
             db = sqlite3.connect(self.store.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={self._entry_sync}")
             db.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
             self._loop.call_soon_threadsafe(_settle, ready, AuditError(
@@ -403,9 +407,14 @@ class AuditLog:
         retain = self._retain_due(cr.size) or (final and cr.size > self._last_retained_size)
         if self._stored_head < cr.size or retain:
             note = Checkpoint(self.origin, cr.size, cr.root()).sign([self.signer])
+            # sync=full: entries are already fsynced and a lost head is re-signed identically,
+            # so the head needs no fsync of its own (but on close). sync=normal: the head's
+            # fsync also makes every entry it covers durable before the checkpoint can leave
+            # the node, so a power loss never takes the log back behind what a witness saw.
+            head_sync = "NORMAL" if self.config.sync == "full" and not final else "FULL"
             try:
-                if not final:
-                    db.execute("PRAGMA synchronous=NORMAL")
+                if head_sync != self._entry_sync:
+                    db.execute(f"PRAGMA synchronous={head_sync}")
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.execute(
@@ -427,9 +436,9 @@ class AuditLog:
                 self._head_retry_at = now + 1.0
                 return
             finally:
-                if not final:
+                if head_sync != self._entry_sync:
                     with contextlib.suppress(sqlite3.Error):
-                        db.execute("PRAGMA synchronous=FULL")
+                        db.execute(f"PRAGMA synchronous={self._entry_sync}")
             self._stored_head = cr.size
             if retain:
                 self._last_retained_size, self._last_retained_at = cr.size, self._clock()

@@ -134,6 +134,15 @@ class AuditSection:
     """Most entries written in one group-commit transaction. Bigger groups amortise the fsync;
     the cap bounds one transaction's latency."""
 
+    sync: str = "full"
+    """When an appended entry counts as durable (like PostgreSQL's synchronous_commit).
+    "full": fsynced before the caller is answered; survives power loss (costs one fdatasync
+    per group commit on the answer path). "normal": committed to the write-ahead log but not
+    fsynced before answering; survives a crash of the process (kill -9), but a power loss may
+    drop the last moments of entries. Either way the log always verifies, and a checkpoint is
+    fsynced before it can leave the node, so a power loss never rolls back a log past what a
+    witness saw."""
+
 
     def __post_init__(self) -> None:
         if not 1 <= self.checkpoint_every_entries <= 10**7:
@@ -142,6 +151,8 @@ class AuditSection:
             raise ConfigError("audit.checkpoint_every_s must be between 0.1 and 86400")
         if not 1 <= self.max_group <= 100_000:
             raise ConfigError("audit.max_group must be between 1 and 100000")
+        if self.sync not in ("full", "normal"):
+            raise ConfigError(f'audit.sync must be "full" or "normal", got {self.sync!r}')
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,7 @@ class _Status:
                     "version": s.record.version,
                     "sha256": s.record.sha256,
                     "provider": s.model.provider,
+                    "execution": s.model.execution,
                     "queue_depth": s.model.queue_depth,
                     "dynamic_batching": s.record.signature.batch_dynamic,
                 }

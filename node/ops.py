@@ -172,10 +172,12 @@ def models_list(data_dir: Path) -> list[dict[str, Any]]:
     if client is not None:
         with client:
             status = client.request("GET", "/status")
-            providers = {(m["name"], m["version"]): m["provider"] for m in status["models"]}
+            served = {(m["name"], m["version"]): m for m in status["models"]}
             records: list[dict[str, Any]] = client.request("GET", "/models")
         for r in records:
-            r["provider"] = providers.get((r["name"], r["version"]))
+            live = served.get((r["name"], r["version"]), {})
+            r["provider"] = live.get("provider")
+            r["execution"] = live.get("execution")
         return records
 
     async def listing(host: ModelHost) -> list[dict[str, Any]]:

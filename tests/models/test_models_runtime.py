@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from models import (
     TensorSpec,
     inspect_model,
 )
+from models import runtime as runtime_module
 from models.batcher import Batcher
 from node.testing import eventually_async
 
@@ -59,7 +61,9 @@ async def load(
     observer: Recorder | None = None,
     name: str = "m",
 ) -> OrtModel:
-    backend = OrtBackend(config or RuntimeConfig(), observer)
+    """Load on its worker thread unless ``config`` says otherwise: these tests hold the worker
+    (``gate``) to make batching deterministic; inline runs have their own tests."""
+    backend = OrtBackend(config or RuntimeConfig(inline="never"), observer)
     return await backend.load(name, "1", path, inspect_model(path))
 
 
@@ -195,7 +199,7 @@ async def test_concurrent_requests_are_batched_with_unbatched_results(
     digits_path: Path, digits_examples: Array, gate: Any
 ) -> None:
     recorder = Recorder()
-    model = await load(digits_path, RuntimeConfig(max_batch_size=16), recorder, name="digits")
+    model = await load(digits_path, RuntimeConfig(max_batch_size=16, inline="never"), recorder, name="digits")
     bare = ort.InferenceSession(str(digits_path), providers=["CPUExecutionProvider"])
     rows = [digits_examples[i : i + 1 + i % 2] for i in range(30)]  # 1 or 2 rows each
     feeds = [{"input": r} for r in rows]
@@ -215,7 +219,7 @@ async def test_concurrent_requests_are_batched_with_unbatched_results(
 
 async def test_batches_respect_max_batch_size_in_rows(models_dir: Any, gate: Any) -> None:
     recorder = Recorder()
-    model = await load(models_dir.add_mul(), RuntimeConfig(max_batch_size=4), recorder)
+    model = await load(models_dir.add_mul(), RuntimeConfig(max_batch_size=4, inline="never"), recorder)
     one = np.ones((1, 4), np.float32)
     feeds = [{"a": one * i, "b": one} for i in range(9)]
     tasks = await held_then_queued(model, gate, feeds)
@@ -272,7 +276,7 @@ async def test_outputs_that_do_not_follow_the_batch_are_not_split(
 async def test_queue_full_raises_overloaded_at_once(
     digits_path: Path, digits_examples: Array, gate: Any
 ) -> None:
-    model = await load(digits_path, RuntimeConfig(max_queue=3, retry_after_s=2.5))
+    model = await load(digits_path, RuntimeConfig(max_queue=3, retry_after_s=2.5, inline="never"))
     held = gate(model._batcher)
     x = {"input": digits_examples[:1]}
     tasks = [asyncio.ensure_future(model.infer(x)) for _ in range(3)]
@@ -450,7 +454,7 @@ async def test_dense_model_batches_like_numpy(tmp_path: Path, gate: Any) -> None
         return x
 
     recorder = Recorder()
-    model = await load(path, RuntimeConfig(intra_op_threads=2), recorder)
+    model = await load(path, RuntimeConfig(intra_op_threads=2, inline="never"), recorder)
     assert model.signature.inputs == (TensorSpec("input", "FP32", (-1, 32)),)
     rng = np.random.default_rng(1)
     feeds = [{"input": rng.standard_normal((1 + i % 3, 32)).astype(np.float32)} for i in range(12)]
@@ -508,3 +512,133 @@ async def test_what_one_loop_iteration_queues_runs_as_one_batch() -> None:
     assert ran.wait(5), "a request alone must not wait for the loop to wake the worker"
     assert (await alone)["out"].tolist() == [[2.0, 2.0]]
     await batcher.close()
+
+
+# -- inline or worker --------------------------------------------------------------------
+
+
+class ThreadRecorder(Recorder):
+    """Also records which thread ran each batch (the observer runs on that thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def __call__(self, name: str, version: str, size: int, seconds: float) -> None:
+        super().__call__(name, version, size, seconds)
+        self.threads.append(threading.get_ident())
+
+
+def slow_model(path: Path) -> Path:
+    """``x`` FP32 [N, 256] -> 64 chained 256x256 MatMuls: milliseconds per run, far above
+    any thread hand-off."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(64):
+        w = numpy_helper.from_array((rng.standard_normal((256, 256)) / 16).astype(np.float32),
+                                    f"w{i}")
+        inits.append(w)
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    from tests.models.conftest import write_model
+
+    return write_model(path, nodes, [("x", TensorProto.FLOAT, ["N", 256])],
+                       [("y", TensorProto.FLOAT, ["N", 256])], initializers=inits)
+
+
+async def test_a_tiny_model_runs_inline_and_a_slow_one_on_its_worker(
+    models_dir: Any, tmp_path: Path
+) -> None:
+    tiny_rec, slow_rec = ThreadRecorder(), ThreadRecorder()
+    backend_tiny = OrtBackend(RuntimeConfig(), tiny_rec)
+    tiny = await backend_tiny.load("tiny", "1", models_dir.identity(),
+                                   inspect_model(models_dir.identity()))
+    slow_path = slow_model(tmp_path / "slow.onnx")
+    slow = await OrtBackend(RuntimeConfig(), slow_rec).load("slow", "1", slow_path,
+                                                             inspect_model(slow_path))
+    assert tiny.execution["mode"] == "inline", tiny.execution
+    assert tiny.execution["run_p50_us"] < tiny.execution["handoff_p50_us"]
+    assert slow.execution["mode"] == "worker", slow.execution
+    assert slow.execution["run_p50_us"] >= slow.execution["handoff_p50_us"]
+
+    loop_thread = threading.get_ident()
+    tiny_rec.threads.clear()
+    slow_rec.threads.clear()
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    # While the slow model runs on its worker, the loop keeps serving the tiny one.
+    slow_future = slow.infer({"x": np.ones((1, 256), np.float32)})
+    for _ in range(5):
+        np.testing.assert_array_equal((await tiny.infer({"x": x}))["y"], x)
+    assert not slow_future.done() or slow_rec.threads  # it ran (or runs) elsewhere
+    out = await slow_future
+    assert out["y"].shape == (1, 256)
+    assert set(tiny_rec.threads) == {loop_thread}
+    assert slow_rec.threads and loop_thread not in slow_rec.threads
+    await tiny.close()
+    await slow.close()
+
+
+async def test_inline_batches_what_one_loop_iteration_queued(models_dir: Any) -> None:
+    recorder = ThreadRecorder()
+    backend = OrtBackend(RuntimeConfig(inline="always", max_batch_size=8), recorder)
+    path = models_dir.add_mul()
+    model = await backend.load("m", "1", path, inspect_model(path))
+    recorder.runs.clear()
+    one = np.ones((1, 4), np.float32)
+    futures = [model.infer({"a": one * i, "b": one}) for i in range(10)]  # one iteration
+    results = await asyncio.gather(*futures)
+    assert recorder.sizes == [8, 2]  # batches of max_batch_size rows, on the loop
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["sum"], one * i + one)
+    assert model.queue_depth == 0
+    await model.close()
+
+
+async def test_inline_keeps_big_requests_off_the_loop(models_dir: Any) -> None:
+    recorder = ThreadRecorder()
+    backend = OrtBackend(RuntimeConfig(inline="always", max_batch_size=4), recorder)
+    path = models_dir.identity()
+    model = await backend.load("m", "1", path, inspect_model(path))
+    recorder.threads.clear()
+    big = np.zeros((1000, 3), np.float32)  # far more than 4 rows of the probe's size
+    np.testing.assert_array_equal((await model.infer({"x": big}))["y"], big)
+    assert recorder.threads and threading.get_ident() not in recorder.threads
+    await model.close()
+
+
+async def test_inline_failures_fail_only_their_request(models_dir: Any) -> None:
+    backend = OrtBackend(RuntimeConfig(inline="always"))
+    path = models_dir.gather()
+    model = await backend.load("g", "1", path, inspect_model(path))
+    good = model.infer({"index": np.array([1, 2], np.int64)})
+    bad = model.infer({"index": np.array([42], np.int64)})
+    np.testing.assert_array_equal((await good)["value"], [10.0, 20.0])
+    with pytest.raises(InferenceFailed, match="failed to run the request"):
+        await bad
+    await model.close()
+
+
+async def test_the_choice_is_made_again_from_runs_in_service(models_dir: Any) -> None:
+    path = models_dir.identity()
+    model = await OrtBackend(RuntimeConfig()).load("m", "1", path, inspect_model(path))
+    assert model.execution["mode"] == "inline"
+    # Service shows runs slower than the hand-off (as if the model's real inputs were
+    # costlier than the probe's zeros): the next decision moves it to the worker.
+    handoff = model.execution["handoff_p50_us"] / 1e6
+    for _ in range(runtime_module.REDECIDE_EVERY):
+        model._observe("m", "1", 1, handoff * 3)
+    assert model.execution["mode"] == "worker"
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal((await model.infer({"x": x}))["y"], x)
+    await model.close()
+
+
+async def test_never_keeps_every_model_on_its_worker(models_dir: Any) -> None:
+    path = models_dir.identity()
+    model = await OrtBackend(RuntimeConfig(inline="never")).load("m", "1", path,
+                                                                  inspect_model(path))
+    assert model.execution == {"mode": "worker", "run_p50_us": None, "handoff_p50_us": None}
+    await model.close()

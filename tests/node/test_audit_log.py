@@ -184,3 +184,29 @@ def test_record_time_is_spelled_like_rfc3339() -> None:
         after = rfc3339(datetime.now(UTC))
         assert before <= stamp <= after and len(stamp) == len(before)
         time.sleep(0.4)  # cross a second boundary at least once
+
+
+@pytest.mark.parametrize(("sync", "entries", "head"), [
+    ("full", 2, 1),    # entries fsynced before answering; the head rides on the next fsync
+    ("normal", 1, 2),  # entries unsynced; the head's commit fsyncs them before it leaves
+])
+async def test_audit_sync_mode_decides_what_is_fsynced(
+    tmp_path: Path, sync: str, entries: int, head: int
+) -> None:
+    store, log = await _open(tmp_path, sync=sync)  # type: ignore[arg-type]
+    await _fill(log, 3)
+    assert log._db is not None
+    seen: list[str] = []
+    log._db.set_trace_callback(seen.append)
+    # What a group commit runs under (SQLite: 1 = NORMAL, 2 = FULL).
+    mode = log._db.execute("PRAGMA synchronous").fetchone()[0]
+    assert mode == entries
+    await _fill(log, 3)
+    await log.store_head()
+    await log.close()
+    pragmas = [s for s in seen if s.startswith("PRAGMA synchronous=")]
+    expected_head = "FULL" if head == 2 else "NORMAL"
+    assert f"PRAGMA synchronous={expected_head}" in pragmas, seen
+    reader = AuditReader(store, log.verifiers)
+    assert (await reader.verify()).ok
+    await store.close()
