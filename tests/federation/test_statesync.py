@@ -49,10 +49,26 @@ class Recorder(AcceptNewer):
         return super().validate(item, current)
 
 
+class Directory:
+    """Peers whose signed address is "<name>:1" for node "node-<name>"; no anti-entropy."""
+
+    def random_peer_address(self) -> str | None:
+        return None
+
+    def num_nodes(self) -> int:
+        return 2
+
+    def address_of(self, node_id: str) -> str | None:
+        return f"{node_id.removeprefix('node-')}:1" if node_id.startswith("node-") else None
+
+
 def store(name: str = "a", validator: statesync.Validator | None = None,
           page: int = 512) -> StateSync:
-    return StateSync(f"node-{name}", f"{name}:1", GossipConfig(digest_page_entries=page),
-                     validator or AcceptNewer(), random.Random(name))
+    s = StateSync(f"node-{name}", f"{name}:1", GossipConfig(digest_page_entries=page,
+                                                          anti_entropy_interval=0.0),
+                  validator or AcceptNewer(), random.Random(name))
+    s.set_peers(Directory())
+    return s
 
 
 def item(version: int, value: bytes = b"v", key: str = "policy", kind: ItemKind = POLICY,
@@ -249,6 +265,9 @@ def test_tick_sends_a_digest_to_a_random_peer_once_per_period() -> None:
 
         def num_nodes(self) -> int:
             return 10
+
+        def address_of(self, node_id: str) -> str | None:
+            return None
 
     s = StateSync("node-a", "a:1", GossipConfig(anti_entropy_interval=30.0), AcceptNewer(),
                   random.Random(1), Peers())
