@@ -117,7 +117,7 @@ MAX_PENDING_PER_INTRODUCER: Final = 64
 #: (about one per probe interval while failures are happening); a hostile one that accuses
 #: everyone at full rate would otherwise make the whole cluster refute in a loop.
 ACCUSATION_BURST: Final = 4
-ACCUSATION_REFILL_PER_S: Final = 0.25
+ACCUSATION_REFILL_PER_S: Final = 0.1
 
 #: Verified-statement cache entries: each distinct signed statement is verified once (a
 #: rumor reaches a node ~retransmit_limit times, and every push-pull repeats the table).

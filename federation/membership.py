@@ -1373,10 +1373,21 @@ class Membership:
 
     def _rumors(self, budget: int, max_parts: int) -> tuple[list[Message], int]:
         n = self.num_nodes()
-        out, used = self._queue.take(budget, self.config.retransmit_limit(n), max_parts)
-        if self._delegate is not None and len(out) < max_parts and budget - used > 16:
-            more, extra = self._delegate.broadcasts(budget - used, n, max_parts - len(out))
+        limit = self.config.retransmit_limit(n)
+        delegate = self._delegate
+        if delegate is None or not delegate.pending_broadcasts():
+            return self._queue.take(budget, limit, max_parts)
+        # Membership news first, but in at most half the room while items wait: churn (a
+        # hostile member accusing others at full rate, and their refutations) must not
+        # starve policy and revocation rumors. Membership then takes what items left.
+        out, used = self._queue.take(budget // 2, limit, max_parts)
+        if len(out) < max_parts and budget - used > 16:
+            more, extra = delegate.broadcasts(budget - used, n, max_parts - len(out))
             out += more
+            used += extra
+        if len(out) < max_parts and budget - used > 16:
+            rest, extra = self._queue.take(budget - used, limit, max_parts - len(out))
+            out += rest
             used += extra
         return out, used
 
