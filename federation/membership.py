@@ -101,7 +101,7 @@ import math
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from federation.config import MembershipConfig
 from federation.limits import (
@@ -163,6 +163,7 @@ _SUSPECT = MemberStatus.SUSPECT
 _DEAD = MemberStatus.DEAD
 _LEFT = MemberStatus.LEFT
 _INF = math.inf
+_M = TypeVar("_M", Alive, Left, Suspect, Dead, Ack)
 
 # Room for the compound header (version, type, part count <= 64 fits one byte).
 _DATAGRAM_BUDGET = MAX_DATAGRAM_PAYLOAD - compound_overhead(MAX_COMPOUND_PARTS)
@@ -415,7 +416,7 @@ class Membership:
         self._verifier = verifier
         self._signed = verifier is not None
         self._self = Member(self_id, address, incarnation, _ALIVE, bytes(meta))
-        self._self_alive = self._sign(Alive(self_id, address, incarnation, bytes(meta)))
+        self._self_alive: Alive = self._sign(Alive(self_id, address, incarnation, bytes(meta)))
         self._self_left: Left | None = None
         self._delegate = delegate
         self._members: dict[str, Member] = {}
@@ -995,7 +996,7 @@ class Membership:
 
     # --- verification and admission --------------------------------------------------------
 
-    def _sign(self, msg: Any) -> Any:
+    def _sign(self, msg: _M) -> _M:
         return sign(self._signer, msg)
 
     def _valid(self, msg: Alive | Left | Suspect | Dead | Ack) -> bool | None:

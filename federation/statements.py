@@ -64,7 +64,7 @@ def signer_of(msg: Signable) -> str:
 
 def signed_bytes(msg: Signable) -> bytes:
     """What the signature of ``msg`` covers."""
-    return DOMAIN + encode(dataclasses.replace(msg, sig=b""))  # type: ignore[arg-type]
+    return DOMAIN + encode(dataclasses.replace(msg, sig=b""))
 
 
 class StatementSigner(Protocol):
@@ -88,7 +88,7 @@ def sign(signer: StatementSigner | None, msg: M) -> M:
     """``msg`` with its signature (unchanged when ``signer`` is None: unsigned mode)."""
     if signer is None:
         return msg
-    return dataclasses.replace(msg, sig=signer.sign(signed_bytes(msg)))  # type: ignore[arg-type]
+    return dataclasses.replace(msg, sig=signer.sign(signed_bytes(msg)))
 
 
 #: node id -> its attested public key, or None while no valid certificate is known.
