@@ -284,3 +284,17 @@ def test_tick_sends_a_digest_to_a_random_peer_once_per_period() -> None:
 def test_reject_helpers() -> None:
     assert Reject("x").reason == "x"
     assert statesync.Accept() == ACCEPT
+
+
+def test_answers_go_to_the_senders_signed_address_never_to_the_one_it_names() -> None:
+    a = store("a")
+    a.put(item(3, b"A"), 0.0)
+    digest = StateDigest("node-b", "203.0.113.7:443", None, None, ())
+    sends = [e for e in a.receive("x:1", digest, 0.0) if isinstance(e, Send)]
+    assert sends and {s.to for s in sends} == {"b:1"}  # node-b's signed address
+    stranger = StateDigest("stranger", "203.0.113.7:443", None, None, ())
+    assert a.receive("x:1", stranger, 0.0) == []  # not a member: no address to answer
+    assert a.stats["unknown_source"] == 1
+    want = DigestEntry("authority", POLICY, "policy", 3,
+                       hashlib.sha256(b"A").digest())
+    assert a.receive("x:1", StateRequest("stranger", "203.0.113.7:443", (want,)), 0.0) == []
