@@ -7,7 +7,13 @@ Runs ``federation.testing.Simulation`` (virtual time, seeded loss) and prints ta
    while it spreads, and the steady-state background (probes, push-pull);
 2. a node crashes: virtual seconds until every other node marks it dead;
 3. no node crashes, 5% loss for a fixed virtual duration: suspicions raised, refutations,
-   false dead declarations.
+   false dead declarations;
+4. signed membership (issue 10) at N=1,000, 1% loss, in the same run: unsigned (the protocol
+   before), signed, and signed with 1% hostile nodes forging at full rate
+   (``federation.testing.Adversary``): rounds until a policy item is everywhere, bytes per
+   node per second, Ed25519 verifications per node per second (idle = signed; under churn
+   = hostile: every refutation is a new statement), simulator CPU, and the targets (0 honest
+   nodes dead, 0 forged addresses adopted, 0 sends to addresses no member signed).
 
 Budgets (DESIGN.md section 9 and the federation brief) are checked and reported; the exit
 status is 1 if one is missed. Usage: ``python bench/gossip.py [--quick] [--jobs N]``.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from federation.config import ClusterConfig
 from federation.messages import Item, ItemKind
-from federation.testing import Simulation
+from federation.testing import Adversary, Simulation
 
 WARMUP = 3.0  # virtual seconds before the measured event: phases spread, pings flowing
 SPREAD_TIMEOUT = 60.0
@@ -41,11 +48,42 @@ BUDGET_FALSE_DEAD = 0
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # "spread" | "dead" | "false"
+    kind: str  # "spread" | "dead" | "false" | "signed"
     n: int
     loss: float
     seed: int
     duration: float = 0.0
+    mode: str = ""  # signed task: "unsigned" | "signed" | "hostile"
+
+
+def run_signed(task: Task) -> dict[str, float]:
+    cfg = ClusterConfig.lan()
+    interval = cfg.membership.gossip_interval
+    cpu0 = time.process_time()
+    sim = Simulation(task.n, config=cfg, seed=task.seed, loss=task.loss, count_bytes=True,
+                     signed=task.mode != "unsigned")
+    if task.mode == "hostile":
+        for k in range(max(1, task.n // 100)):
+            sim.make_hostile(task.n - 1 - k, Adversary(random.Random(k)))
+    sim.run_until(WARMUP)
+    v0, b0 = sim.verifications(), sim.total_bytes()
+    item = _policy_item(task.seed)
+    t0 = sim.now
+    sim.publish(0, item)
+    sim.run_until(t0 + task.duration)
+    honest = len(sim.honest())
+    t99 = sim.time_to_fraction(item, 0.99, t0)
+    t100 = sim.time_to_fraction(item, 1.0, t0)
+    return {
+        "r99": math.ceil(t99 / interval) if t99 is not None else math.inf,
+        "r100": math.ceil(t100 / interval) if t100 is not None else math.inf,
+        "bytes": (sim.total_bytes() - b0) / task.n / task.duration,
+        "verify": (sim.verifications() - v0) / honest / task.duration,
+        "false_dead": len(sim.false_dead),
+        "forged": len(sim.forged_addresses_adopted()),
+        "stray": len(sim.stray_sends),
+        "cpu": time.process_time() - cpu0,
+    }
 
 
 def _policy_item(seed: int) -> Item:
@@ -55,6 +93,8 @@ def _policy_item(seed: int) -> Item:
 
 
 def run_task(task: Task) -> dict[str, float]:
+    if task.kind == "signed":
+        return run_signed(task)
     cfg = ClusterConfig.lan()
     interval = cfg.membership.gossip_interval
     sim = Simulation(task.n, config=cfg, seed=task.seed, loss=task.loss, count_bytes=True)
@@ -117,6 +157,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes (default: 2)")
     ap.add_argument("--seeds", type=int, default=0, help="seeds per dissemination cell")
+    ap.add_argument("--only-signed", action="store_true",
+                    help="run only section 4 (signed membership)")
     args = ap.parse_args()
     quick = args.quick
     spread_seeds = args.seeds or (3 if quick else 10)
@@ -135,8 +177,16 @@ def main() -> int:
         tasks += [Task("dead", n, loss, 100 + s) for s in range(dead_seeds)]
     false_cells = [(1000, 0.05)] if not quick else [(300, 0.05)]
     tasks += [Task("false", n, loss, 200, false_duration) for n, loss in false_cells]
+    signed_duration = 5.0 if quick else 15.0
+    signed_seeds = 1 if quick else 3
+    modes = ("unsigned", "signed", "hostile")
+    signed_tasks = [Task("signed", 1000, 0.01, 300 + s, signed_duration, mode)
+                    for mode in modes for s in range(signed_seeds)]
+    if args.only_signed:
+        tasks, sizes, dead_cells, false_cells = [], (), [], []
+    tasks += signed_tasks
     # Longest first, so the two workers finish together.
-    weight = {"spread": 1.0, "dead": 12.0, "false": false_duration / 2}
+    weight = {"spread": 1.0, "dead": 12.0, "false": false_duration / 2, "signed": 20.0}
     tasks.sort(key=lambda t: -t.n * weight[t.kind])
 
     started = time.perf_counter()
@@ -176,7 +226,8 @@ def main() -> int:
                 budget_line = (f"   budget: N=1000, 1% loss, 100% within {BUDGET_ROUNDS_1000} "
                                f"rounds p99 -> {fmt(worst, 0)} rounds: "
                                f"{'PASS' if passed else 'FAIL'}")
-    print(budget_line)
+    if sizes:
+        print(budget_line)
     print()
     print(f"2. Crashed node marked dead by every other node ({dead_seeds} seeds per row)")
     print(f"{'N':>5} {'loss':>5} | {'first dead p50':>14} | {'all dead p50':>12} | "
@@ -203,6 +254,32 @@ def main() -> int:
         passed = r["false_dead"] <= BUDGET_FALSE_DEAD
         ok &= passed
         print(f"   budget: {BUDGET_FALSE_DEAD} false dead: {'PASS' if passed else 'FAIL'}")
+    print()
+    print(f"4. Signed membership, N=1000, 1% loss ({signed_seeds} seed(s), "
+          f"{signed_duration:g} virtual s after the item; hostile = 1% of nodes forging)")
+    print(f"{'mode':>9} | {'rounds 99%':>10} | {'rounds 100%':>11} | {'B/node/s':>8} | "
+          f"{'verif/node/s':>12} | {'dead':>4} | {'forged':>6} | {'stray':>5} | {'sim CPU s':>9}")
+    by_mode: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for t in signed_tasks:
+        by_mode[t.mode].append(results[t])
+    for mode in modes:
+        rs = by_mode[mode]
+        print(f"{mode:>9} | {fmt(pct([r['r99'] for r in rs], .99), 0):>10} | "
+              f"{fmt(pct([r['r100'] for r in rs], .99), 0):>11} | "
+              f"{pct([r['bytes'] for r in rs], .5):>8.0f} | "
+              f"{pct([r['verify'] for r in rs], .5):>12.1f} | "
+              f"{sum(r['false_dead'] for r in rs):>4.0f} | {sum(r['forged'] for r in rs):>6.0f} | "
+              f"{sum(r['stray'] for r in rs):>5.0f} | {pct([r['cpu'] for r in rs], .5):>9.1f}")
+    worst = max(pct([r["r99"] for r in by_mode[m]], .99) for m in ("signed", "hostile"))
+    clean = all(r["false_dead"] == 0 and r["forged"] == 0 and r["stray"] == 0
+                for m in ("signed", "hostile") for r in by_mode[m])
+    passed = worst <= BUDGET_ROUNDS_1000 and clean
+    ok &= passed
+    ratio = (pct([r["bytes"] for r in by_mode["signed"]], .5)
+             / max(1.0, pct([r["bytes"] for r in by_mode["unsigned"]], .5)))
+    print(f"   signed/unsigned bytes per node: x{ratio:.2f}")
+    print(f"   budget: 99% within {BUDGET_ROUNDS_1000} rounds p99 signed and with 1% hostile, "
+          f"0 dead, 0 forged, 0 stray -> {fmt(worst, 0)} rounds: {'PASS' if passed else 'FAIL'}")
     print()
     print(f"wall time {wall:.1f} s with {args.jobs} worker(s)")
     return 0 if ok else 1

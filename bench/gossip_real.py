@@ -25,8 +25,14 @@ ready line (a 2-core machine), and run at ``--log-level warning``. Every daemon 
 stopped at the end by PID (SIGTERM, then SIGKILL after a bound), and its exit code and stop
 time are reported. Only 127.0.0.1 is used.
 
+Signed membership vs before (issue 10, budget <= 2x): ``--baseline REV`` exports that git
+revision (``git archive``; e.g. the commit before signed membership) to a temporary
+directory and runs each preset twice, first the daemons from REV's code, then from this
+tree, on the same enrolled nodes; the idle CPU of both is printed with the ratio. (Wire
+formats differ, so the two never run together.)
+
 Usage: ``python bench/gossip_real.py [--nodes 25] [--presets local,lan] [--rounds 4]
-[--idle 10] [--out bench/out/gossip_real.json] [--keep]``.
+[--idle 10] [--baseline REV] [--out bench/out/gossip_real.json] [--keep]``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ import tomli_w  # noqa: E402
 from node import testing  # noqa: E402
 
 PY = sys.executable
+CODE = [ROOT]  # the tree daemons run from (a --baseline export while it is measured)
 BUDGET_CONVERGE_S = 3.0
 BUDGET_IDLE_RSS_MB = 150.0
 READY_TIMEOUT_S = 90.0
@@ -102,7 +109,7 @@ class Daemon:
         proc = subprocess.Popen(
             [PY, "-m", "cli.main", "run", "--data-dir", str(self.data_dir),
              "--listen", "127.0.0.1:0", "--peer-listen", self.address, "--log-level", "warning"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=CODE[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.proc = proc
         ready = threading.Event()
 
@@ -235,7 +242,7 @@ def policy_round(daemons: list[Daemon], origin: Daemon, bundle: Path, version: i
     if via == "cli":
         subprocess.run([PY, "-m", "cli.main", "policy", "apply", str(bundle),
                         "--data-dir", str(origin.data_dir)],
-                       cwd=ROOT, check=True, capture_output=True, timeout=60)
+                       cwd=CODE[0], check=True, capture_output=True, timeout=60)
     else:
         origin.admin("POST", "/apply", {"document": bundle.read_text()})
     applied: dict[str, float] = {}
@@ -373,6 +380,7 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between policy rounds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gossip_real.json")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    ap.add_argument("--baseline", default="", help="git revision to compare against")
     args = ap.parse_args()
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     for p in presets:
@@ -388,7 +396,21 @@ def main() -> int:
         log(f"enrolling {args.nodes} nodes in {tmp}")
         ca, daemons = enroll_all(tmp, args.nodes)
         next_version = [1]
+        baseline_dir = None
+        if args.baseline:
+            baseline_dir = tmp / "baseline-code"
+            baseline_dir.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(baseline_dir)], input=archive, check=True)
         for preset in presets:
+            if baseline_dir is not None:
+                CODE[0] = baseline_dir
+                log(f"[{preset}] baseline {args.baseline}")
+                base = run_preset(preset, ca, tmp, daemons, args, next_version)
+                base["preset"] = f"{preset}@{args.baseline[:10]}"
+                results.append(base)
+                CODE[0] = ROOT
             results.append(run_preset(preset, ca, tmp, daemons, args, next_version))
     finally:
         leftover = stop_all(daemons)  # no-op for daemons already stopped
@@ -407,6 +429,16 @@ def main() -> int:
               f"{s['idle_rss_mb_max']} MB (budget <= {BUDGET_IDLE_RSS_MB:.0f} MB: "
               f"{'met' if s['idle_rss_within_budget'] else 'MISSED'}); idle CPU mean "
               f"{s['idle_cpu_percent_mean']} % of a core per daemon")
+    if args.baseline:
+        print("\n== signed membership vs baseline (idle CPU, mean % of a core per daemon) ==")
+        for preset in presets:
+            base = summ.get(f"{preset}@{args.baseline[:10]}")
+            new = summ.get(preset)
+            if base and new and base["idle_cpu_percent_mean"]:
+                ratio = new["idle_cpu_percent_mean"] / base["idle_cpu_percent_mean"]
+                print(f"{preset:>6}: baseline {base['idle_cpu_percent_mean']} %, signed "
+                      f"{new['idle_cpu_percent_mean']} %: x{ratio:.2f} (budget <= 2x: "
+                      f"{'met' if ratio <= 2 else 'MISSED'})")
     report = {
         "bench": "gossip_real", "nodes": args.nodes, "presets": presets,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

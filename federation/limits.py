@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ACCUSATION_BURST",
+    "ACCUSATION_REFILL_PER_S",
     "DATAGRAM_ENVELOPE_BYTES",
     "DIGEST_HASH_BYTES",
     "MAX_ADDRESS_BYTES",
@@ -32,13 +34,18 @@ __all__ = [
     "MAX_MEMBER_RUMOR_QUEUE",
     "MAX_META_BYTES",
     "MAX_NODE_ID_BYTES",
+    "MAX_PENDING_PER_INTRODUCER",
     "MAX_PENDING_RELAYS",
+    "MAX_PENDING_STATEMENTS",
     "MAX_PUSH_ITEMS",
     "MAX_REQUEST_ENTRIES",
     "MAX_RUMOR_ITEM_BYTES",
     "MAX_SEEDS",
     "MAX_STREAM_MESSAGE_BYTES",
+    "MAX_TABLE_STATEMENTS",
     "MAX_UINT",
+    "MAX_VERIFIED_CACHE",
+    "SIGNATURE_BYTES",
 ]
 
 # --- wire sizes --------------------------------------------------------------------------
@@ -88,6 +95,34 @@ MAX_META_BYTES: Final = 512
 #: member) and the push-pull table, which must fit MAX_STREAM_MESSAGE_BYTES. Outpost
 #: targets estates of thousands of nodes, not tens of thousands in one gossip pool.
 MAX_MEMBERS: Final = 10_000
+
+#: Statements in one push-pull member table: each member's signed alive plus at most one
+#: status statement (left, suspect or dead) behind it.
+MAX_TABLE_STATEMENTS: Final = 2 * MAX_MEMBERS
+
+#: Length of an Ed25519 signature: the signature field of membership statements.
+SIGNATURE_BYTES: Final = 64
+
+#: Signed alive statements held back because their subject's certificate is not known yet
+#: (admission waits for it), in total and per introducer (the authenticated sender that
+#: handed them to us). A node can only be admitted with a certificate the authority
+#: signed, so invented members never leave this pen, and one introducer filling its share
+#: cannot push out the statements others introduced.
+MAX_PENDING_STATEMENTS: Final = 1024
+MAX_PENDING_PER_INTRODUCER: Final = 64
+
+#: Lifeguard-style budget of new accusations per accuser: a suspicion (or dead) about a
+#: member we hold alive costs one token; ACCUSATION_BURST tokens, refilled at
+#: ACCUSATION_REFILL_PER_S. An honest node accuses at most one member per failed probe
+#: (about one per probe interval while failures are happening); a hostile one that accuses
+#: everyone at full rate would otherwise make the whole cluster refute in a loop.
+ACCUSATION_BURST: Final = 4
+ACCUSATION_REFILL_PER_S: Final = 0.1
+
+#: Verified-statement cache entries: each distinct signed statement is verified once (a
+#: rumor reaches a node ~retransmit_limit times, and every push-pull repeats the table).
+#: Sized for a full table of alive statements plus their accusations.
+MAX_VERIFIED_CACHE: Final = 2 * MAX_MEMBERS + 4096
 
 #: Membership rumors waiting to be piggybacked. Each member has at most one (newer news
 #: replaces older), so this only bites on tables near MAX_MEMBERS; when full, the rumors

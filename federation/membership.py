@@ -4,10 +4,33 @@ Owns: the member table (who exists, at which address, alive/suspect/dead/left, a
 incarnation), failure detection, the retransmit-limited rumor queue, joins via seeds,
 graceful leave, and piggybacking of other modules' rumors (the :class:`GossipDelegate`).
 
-Must never: open sockets, sleep, read the clock or the disk, or verify signatures. Time
-comes in as ``now`` (seconds, any monotonic origin); messages come in already decoded and
-authenticated by the I/O layer; what to send comes out as :class:`~federation.messages.Send`
-effects and what happened as events.
+Must never: open sockets, sleep, read the clock or the disk, or hold key material other
+than through its signer. Time comes in as ``now`` (seconds, any monotonic origin); messages
+come in decoded, their datagram envelope already verified by the I/O layer (every
+``source_id`` is the authenticated sender); what to send comes out as
+:class:`~federation.messages.Send` effects and what happened as events.
+
+Signed membership (nothing is believed because of who relayed it)
+-----------------------------------------------------------------
+With a ``verifier`` (``federation.statements``), a member's address, incarnation, alive and
+left exist only as statements signed by that member; relayers forward them unchanged.
+Suspect and dead carry the accuser's signature and the accused's incarnation: one about an
+incarnation other than the one the subject signed and we hold is void (stale, or never
+signed), so no value can exhaust incarnations: only the subject moves its own, and it jumps
+past a higher one only when that one carries its own signature (an earlier life). A
+received dead counts as the accuser's suspicion; only our own expired suspicion declares a
+member dead here. Lifeguard confirmations count distinct verified accusers, and each
+accuser has a small budget of new accusations (``limits.ACCUSATION_*``). Acks count only
+from the probed node (direct, authenticated by the envelope, or relayed and signed by it
+for us); nacks only from the relays we asked. Probe sequence numbers are random, so acks
+cannot be collected in advance.
+
+Admission: a statement whose signer has no known certificate waits in a bounded pen (per
+introducer) until :meth:`Membership.key_known`; only then does the member take a table
+slot. No reflection: datagrams and exchanges go only to addresses members signed (and to
+configured seeds / discovered candidates); a ping-req's target address and a pinger's
+UDP source are never destinations. Without a verifier (simulations and benchmarks of the
+unsigned protocol) statements are taken as they come, as before.
 
 Theory of operation
 -------------------
@@ -78,10 +101,12 @@ import math
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from federation.config import MembershipConfig
 from federation.limits import (
+    ACCUSATION_BURST,
+    ACCUSATION_REFILL_PER_S,
     MAX_ADDRESS_BYTES,
     MAX_COMPOUND_PARTS,
     MAX_DATAGRAM_PAYLOAD,
@@ -89,7 +114,9 @@ from federation.limits import (
     MAX_MEMBERS,
     MAX_META_BYTES,
     MAX_NODE_ID_BYTES,
+    MAX_PENDING_PER_INTRODUCER,
     MAX_PENDING_RELAYS,
+    MAX_PENDING_STATEMENTS,
     MAX_SEEDS,
     MAX_STREAM_MESSAGE_BYTES,
     MAX_UINT,
@@ -114,6 +141,7 @@ from federation.messages import (
     compound_overhead,
     part_size,
 )
+from federation.statements import StatementSigner, StatementVerifier, sign
 
 __all__ = [
     "BroadcastQueue",
@@ -135,18 +163,17 @@ _SUSPECT = MemberStatus.SUSPECT
 _DEAD = MemberStatus.DEAD
 _LEFT = MemberStatus.LEFT
 _INF = math.inf
+_M = TypeVar("_M", Alive, Left, Suspect, Dead, Ack)
 
 # Room for the compound header (version, type, part count <= 64 fits one byte).
 _DATAGRAM_BUDGET = MAX_DATAGRAM_PAYLOAD - compound_overhead(MAX_COMPOUND_PARTS)
 _RUMOR_TYPES = frozenset({Alive, Suspect, Dead, Left})
-# Worst-case bytes of one push-pull row; tables with fewer rows always fit the stream limit.
-_MAX_ROW_BYTES = MAX_NODE_ID_BYTES + MAX_ADDRESS_BYTES + MAX_META_BYTES + 24
+# Worst-case bytes of one member's statements in a push-pull table (its alive and one
+# status statement); tables with fewer members always fit the stream limit.
+_MAX_ROW_BYTES = 2 * MAX_NODE_ID_BYTES + MAX_ADDRESS_BYTES + MAX_META_BYTES + 2 * 64 + 48
 _TABLE_ROWS_ALWAYS_FIT = (MAX_STREAM_MESSAGE_BYTES - 1024) // _MAX_ROW_BYTES
-
-
-def _member_size(m: Member) -> int:
-    return (len(m.node_id.encode()) + len(m.address.encode()) + len(m.meta)
-            + 24)  # length prefixes, incarnation (<= 10), status
+# Pending (not yet admitted) statements older than this may be dropped to make room.
+_PENDING_TTL = 60.0
 
 
 # --- events --------------------------------------------------------------------------------
@@ -306,7 +333,7 @@ class GossipDelegate(Protocol):
 
 class _Probe:
     __slots__ = ("address", "end_at", "expected_nacks", "incarnation", "indirect_sent",
-                 "nacks", "seq", "target", "timeout_at")
+                 "nacks", "relays", "seq", "target", "timeout_at")
 
     def __init__(self, target: Member, seq: int, timeout_at: float, end_at: float) -> None:
         self.target = target.node_id
@@ -318,15 +345,17 @@ class _Probe:
         self.indirect_sent = False
         self.expected_nacks = 0
         self.nacks = 0
+        self.relays: set[str] = set()
 
 
 class _Relay:
-    __slots__ = ("deadline", "requester", "requester_seq", "want_nack")
+    __slots__ = ("deadline", "requester", "requester_seq", "target", "want_nack")
 
-    def __init__(self, requester: str, requester_seq: int, deadline: float,
+    def __init__(self, requester: str, requester_seq: int, target: str, deadline: float,
                  want_nack: bool) -> None:
-        self.requester = requester
+        self.requester = requester  # node id: answers go to the address it signed
         self.requester_seq = requester_seq
+        self.target = target
         self.deadline = deadline
         self.want_nack = want_nack
 
@@ -371,7 +400,9 @@ class Membership:
 
     def __init__(self, self_id: str, address: str, config: MembershipConfig,
                  rng: random.Random, *, meta: bytes = b"", incarnation: int = 0,
-                 delegate: GossipDelegate | None = None) -> None:
+                 delegate: GossipDelegate | None = None,
+                 signer: StatementSigner | None = None,
+                 verifier: StatementVerifier | None = None) -> None:
         _check_len("node id", self_id, MAX_NODE_ID_BYTES)
         _check_len("address", address, MAX_ADDRESS_BYTES)
         if len(meta) > MAX_META_BYTES:
@@ -379,9 +410,26 @@ class Membership:
         self.config = config
         self._rng = rng
         self._id = self_id
+        if (signer is None) != (verifier is None):
+            raise ValueError("signed membership needs both a signer and a verifier")
+        self._signer = signer
+        self._verifier = verifier
+        self._signed = verifier is not None
         self._self = Member(self_id, address, incarnation, _ALIVE, bytes(meta))
+        self._self_alive: Alive = self._sign(Alive(self_id, address, incarnation, bytes(meta)))
+        self._self_left: Left | None = None
         self._delegate = delegate
         self._members: dict[str, Member] = {}
+        # The statements behind each record: its subject's alive, and the left, suspect or
+        # dead behind a non-alive status. Push-pull tables are made of these, unchanged.
+        self._alive: dict[str, Alive] = {}
+        self._status: dict[str, Suspect | Dead | Left] = {}
+        # Admission pen: node id -> (alive statement, introducer, since).
+        self._pending: dict[str, tuple[Alive, str, float]] = {}
+        self._pending_by: dict[str, int] = {}
+        self._accuse_budget: dict[str, tuple[float, float]] = {}
+        self._knows_us: set[str] = set()  # members that acked a direct ping of ours
+        self._introducer = ""  # authenticated sender of the message being handled
         self._since: dict[str, float] = {}  # when a non-alive member entered its status
         self._ids: list[str] = []  # every member id, for O(1) random picks
         self._pos: dict[str, int] = {}
@@ -389,7 +437,7 @@ class Membership:
         self._probe_order: list[str] = []
         self._probe_cursor = 0
         self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
+        self._relays: dict[tuple[str, int], _Relay] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._suspicion_due = _INF  # lower bound on the earliest suspicion deadline
         self._queue = BroadcastQueue(MAX_MEMBER_RUMOR_QUEUE)
@@ -409,7 +457,10 @@ class Membership:
         self.stats: dict[str, int] = dict.fromkeys(
             ("probes", "probe_failures", "indirect_probes", "suspicions_raised", "refutes",
              "dead_declared", "relays_dropped", "members_refused", "misdirected_pings",
-             "gossip_sent", "push_pulls", "unrefutable"), 0)
+             "gossip_sent", "push_pulls", "unrefutable", "invalid_statements",
+             "void_accusations", "pending", "pending_refused", "admitted_late",
+             "accusations_throttled", "unknown_pinger", "relays_refused",
+             "acks_refused"), 0)
         self._handlers: dict[type, Callable[[str, Message, float], list[Effect]]] = {
             Ping: self._on_ping,  # type: ignore[dict-item]
             PingReq: self._on_ping_req,  # type: ignore[dict-item]
@@ -461,6 +512,31 @@ class Membership:
         """Address of one random live member (for state-sync exchanges), or None."""
         picked = self._random_members(1, lambda m: m.status <= _SUSPECT)
         return picked[0].address if picked else None
+
+    def address_of(self, node_id: str) -> str | None:
+        """The address ``node_id`` signed, if it is a member that has not left: the only
+        place answers to it may go (state sync replies through this too)."""
+        m = self._members.get(node_id)
+        if m is None or m.status is _LEFT:
+            return None
+        return m.address
+
+    def statement(self, node_id: str) -> Alive | None:
+        """The signed alive statement behind ``node_id``'s record (ours included)."""
+        return self._self_alive if node_id == self._id else self._alive.get(node_id)
+
+    def key_known(self, node_id: str, now: float) -> list[Effect]:
+        """The certificate of ``node_id`` is now known: admit its pending statement."""
+        entry = self._pending.pop(node_id, None)
+        if entry is None:
+            return []
+        self._unpend(entry[1])
+        self.stats["admitted_late"] += 1
+        return self._on_alive(entry[0], now, entry[1])
+
+    def pending_admissions(self) -> int:
+        """Statements waiting for their subject's certificate."""
+        return len(self._pending)
 
     def pending_broadcasts(self) -> int:
         return len(self._queue)
@@ -517,14 +593,17 @@ class Membership:
             self._contact_seeds(now, effects)
         return effects
 
-    def receive(self, sender_addr: str, msg: Message, now: float) -> list[Effect]:
+    def receive(self, sender_addr: str, msg: Message, now: float,
+                sender_id: str | None = None) -> list[Effect]:
         """Handle one decoded, authenticated message from ``sender_addr``.
 
-        Datagram replies go to ``sender_addr`` (the UDP source, right behind NAT);
-        reliable replies go to the advertised address inside the message.
+        ``sender_id`` is the authenticated sender (envelope or TLS identity): it is the
+        introducer whose share of the admission pen a statement uses. Replies go only to
+        addresses members signed, never to ``sender_addr`` (no reflection).
         """
         if not self._started:
             self._start(now)
+        self._introducer = sender_id or sender_addr
         if type(msg) is Compound:
             effects: list[Effect] = []
             # Rumors first: a suspicion carried in a ping (buddy system) is then refuted
@@ -582,7 +661,8 @@ class Membership:
         self._next_seed = _INF
         me = self._self
         self._self = Member(me.node_id, me.address, me.incarnation, _LEFT, me.meta)
-        self._queue.push(self._id, Left(self._id, me.incarnation))
+        self._self_left = self._sign(Left(self._id, me.incarnation))
+        self._queue.push(self._id, self._self_left)
         # Gossip right away rather than at the next round.
         self._next_gossip = min(self._next_gossip, now)
         return []
@@ -592,18 +672,28 @@ class Membership:
         if len(meta) > MAX_META_BYTES:
             raise ValueError(f"meta must be at most {MAX_META_BYTES} bytes, got {len(meta)}")
         me = self._self
-        self._self = Member(me.node_id, me.address, me.incarnation + 1, me.status, bytes(meta))
+        self._set_self(Member(me.node_id, me.address, me.incarnation + 1, me.status,
+                              bytes(meta)))
         self._queue.push(self._id, self._alive_msg())
         return []
 
-    def restore(self, members: Iterable[Member], now: float) -> None:
-        """Load a member table without events or rumors: a persisted table after a
-        restart, or a converged cluster at the start of a simulation."""
-        for m in members:
-            if m.node_id == self._id or m.node_id in self._members:
+    def restore(self, members: Iterable[Member | Alive], now: float) -> None:
+        """Load a member table without events, rumors or verification (the caller vouches
+        for it): a persisted table after a restart, or a converged cluster at the start
+        of a simulation. Give signed ``Alive`` statements when others must believe them
+        (they travel in our push-pull tables)."""
+        for row in members:
+            if row.node_id == self._id or row.node_id in self._members:
                 continue
             if len(self._members) >= MAX_MEMBERS:
                 break
+            if type(row) is Alive:
+                alive = row
+                m = Member(row.node_id, row.address, row.incarnation, _ALIVE, row.meta)
+            else:
+                m = row  # type: ignore[assignment]
+                alive = Alive(m.node_id, m.address, m.incarnation, m.meta)
+            self._alive[m.node_id] = alive
             self._add(m, now, place_in_probe_order=False)
         self._reset_probe_order()
 
@@ -636,16 +726,22 @@ class Membership:
             target = self._next_probe_target()
             if target is None:
                 return
-            self._seq += 1
-            p = _Probe(target, self._seq, now + self.config.probe_timeout * scale,
+            # Random, not counted: a relay must not be able to collect acks in advance.
+            p = _Probe(target, self._rng.getrandbits(32), now + self.config.probe_timeout * scale,
                        now + interval)
             self._probe = p
             self.stats["probes"] += 1
             ping = Ping(p.seq, self._id, self._self.address, target.node_id)
             extra: tuple[Message, ...] = ()
             if target.status is _SUSPECT:
-                # Buddy system: tell the suspect directly, it can refute at once.
-                extra = (Suspect(target.node_id, target.incarnation, self._id),)
+                # Buddy system: tell the suspect directly, it can refute at once (the
+                # accusation as signed, unchanged).
+                held = self._status.get(target.node_id)
+                if held is not None and type(held) is not Left:
+                    extra = (held,)
+            if target.node_id not in self._knows_us:
+                # It may not have admitted us yet: our signed alive lets it answer.
+                extra = (*extra, self._self_alive)
             effects.append(self._datagram(target.address, ping, extra))
 
     def _send_indirect(self, p: _Probe, effects: list[Effect]) -> None:
@@ -662,6 +758,7 @@ class Membership:
         req = PingReq(p.seq, self._id, self._self.address, p.target, p.address, True)
         p.expected_nacks = len(relays)
         for relay in relays:
+            p.relays.add(relay.node_id)
             effects.append(self._datagram(relay.address, req))
 
     def _probe_failed(self, p: _Probe, now: float, effects: list[Effect]) -> None:
@@ -672,11 +769,12 @@ class Membership:
             self._nudge_awareness(p.expected_nacks - p.nacks)
         else:
             self._nudge_awareness(1)
+        self._knows_us.discard(p.target)
         member = self._members.get(p.target)
-        if member is None or member.status > _SUSPECT:
+        if member is None or member.status > _SUSPECT or member.incarnation != p.incarnation:
             return
         self.stats["suspicions_raised"] += 1
-        effects += self._on_suspect(Suspect(p.target, p.incarnation, self._id), now)
+        effects += self._on_suspect(self._sign(Suspect(p.target, p.incarnation, self._id)), now)
 
     def _next_probe_target(self) -> Member | None:
         order = self._probe_order
@@ -708,13 +806,13 @@ class Membership:
     def _expire_relays(self, now: float, effects: list[Effect]) -> None:
         # Relay deadlines are now + probe_timeout at insertion: dict order is deadline order.
         while self._relays:
-            seq, relay = next(iter(self._relays.items()))
+            key, relay = next(iter(self._relays.items()))
             if relay.deadline > now:
                 break
-            del self._relays[seq]
-            if relay.want_nack:
-                effects.append(self._datagram(relay.requester,
-                                              Nack(relay.requester_seq, self._id)))
+            del self._relays[key]
+            to = self.address_of(relay.requester)
+            if relay.want_nack and to is not None:
+                effects.append(self._datagram(to, Nack(relay.requester_seq, self._id)))
 
     def _expire_suspicions(self, now: float, effects: list[Effect]) -> None:
         due = _INF
@@ -731,7 +829,7 @@ class Membership:
             if m is None or m.status is not _SUSPECT:
                 continue
             self.stats["dead_declared"] += 1
-            effects += self._on_dead(Dead(node_id, m.incarnation, self._id), now)
+            effects += self._declare_dead(m, now)
 
     def _gossip(self, now: float, effects: list[Effect]) -> None:
         if not self._queue and not (self._delegate and self._delegate.pending_broadcasts()):
@@ -804,70 +902,174 @@ class Membership:
         if msg.target_id != self._id:
             self.stats["misdirected_pings"] += 1
             return []
+        to = self.address_of(msg.source_id)
+        if to is None:
+            # Not a member we admitted: there is no address it signed to answer to, and
+            # the datagram's source is not one (no reflection).
+            self.stats["unknown_pinger"] += 1
+            return []
         extra: tuple[Message, ...] = ()
-        pinger = self._members.get(msg.source_id)
-        if pinger is not None and pinger.status is _DEAD:
-            # It thinks it is alive and we hold it dead: tell it, so it refutes and the
-            # two sides of a healed partition merge without waiting for gossip.
-            extra = (Dead(pinger.node_id, pinger.incarnation, self._id),)
-        elif pinger is not None and pinger.status is _SUSPECT:
-            extra = (Suspect(pinger.node_id, pinger.incarnation, self._id),)
-        return [self._datagram(sender, Ack(msg.seq, self._id), extra)]
+        held = self._status.get(msg.source_id)
+        if held is not None and type(held) is not Left:
+            # It thinks it is alive and we hold it suspect or dead: tell it (the accusation
+            # as signed), so it refutes and the two sides of a healed partition merge.
+            extra = (held,)
+        ack = Ack(msg.seq, self._id)
+        if msg.for_id:
+            # A relay probes us for `for_id`: sign the ack for it; the relay forwards it.
+            ack = self._sign(Ack(msg.seq, self._id, msg.for_id))
+        return [self._datagram(to, ack, extra)]
 
     def _on_ping_req(self, sender: str, msg: PingReq, now: float) -> list[Effect]:
         if len(self._relays) >= MAX_PENDING_RELAYS:
             self.stats["relays_dropped"] += 1
             return []
-        self._seq += 1
-        self._relays[self._seq] = _Relay(sender, msg.seq, now + self.config.probe_timeout,
-                                         msg.want_nack)
-        ping = Ping(self._seq, self._id, self._self.address, msg.target_id)
-        return [self._datagram(msg.target_addr, ping)]
+        target = self._members.get(msg.target_id)
+        if (self.address_of(msg.source_id) is None or target is None
+                or target.status > _SUSPECT or msg.target_id == self._id):
+            # Only members' signed addresses are probed: never `target_addr` (reflection).
+            self.stats["relays_refused"] += 1
+            return []
+        key = (msg.source_id, msg.seq)
+        if key in self._relays:
+            return []
+        self._relays[key] = _Relay(msg.source_id, msg.seq, msg.target_id,
+                                   now + self.config.probe_timeout, msg.want_nack)
+        ping = Ping(msg.seq, self._id, self._self.address, msg.target_id, msg.source_id)
+        return [self._datagram(target.address, ping)]
 
     def _on_ack(self, sender: str, msg: Ack, now: float) -> list[Effect]:
+        if msg.for_id and msg.for_id != self._id:
+            # An ack we relay: it must come from the target we probed, signed by it.
+            relay = self._relays.get((msg.for_id, msg.seq))
+            if relay is None or relay.target != msg.source_id or self._valid(msg) is not True:
+                self.stats["acks_refused"] += 1
+                return []
+            del self._relays[(msg.for_id, msg.seq)]
+            to = self.address_of(relay.requester)
+            return [self._datagram(to, msg)] if to is not None else []
         p = self._probe
-        if p is not None and msg.seq == p.seq:
-            self._probe = None
-            if not p.indirect_sent:
-                self._nudge_awareness(-1)
+        if p is None or msg.seq != p.seq or msg.source_id != p.target:
             return []
-        relay = self._relays.pop(msg.seq, None)
-        if relay is not None:
-            return [self._datagram(relay.requester, Ack(relay.requester_seq, msg.source_id))]
+        if (msg.for_id or msg.sig) and self._valid(msg) is not True:
+            # Relayed (or claiming a signature): only the probed node's signature counts.
+            self.stats["acks_refused"] += 1
+            return []
+        self._probe = None
+        if not msg.for_id:
+            self._knows_us.add(p.target)
+        if not p.indirect_sent:
+            self._nudge_awareness(-1)
         return []
 
     def _on_nack(self, sender: str, msg: Nack, now: float) -> list[Effect]:
         p = self._probe
-        if p is not None and msg.seq == p.seq:
+        if p is not None and msg.seq == p.seq and msg.source_id in p.relays:
+            p.relays.discard(msg.source_id)  # one nack per relay we asked
             p.nacks += 1
         return []
 
     def _on_alive_msg(self, sender: str, msg: Alive, now: float) -> list[Effect]:
-        return self._on_alive(msg, now)
+        return self._on_alive(msg, now, self._introducer)
 
     def _on_suspect_msg(self, sender: str, msg: Suspect, now: float) -> list[Effect]:
         return self._on_suspect(msg, now)
 
     def _on_dead_msg(self, sender: str, msg: Dead, now: float) -> list[Effect]:
-        return self._on_dead(msg, now)
+        if not self._signed:
+            return self._on_dead(msg, now)
+        return self._on_suspect(msg, now)
 
     def _on_left_msg(self, sender: str, msg: Left, now: float) -> list[Effect]:
         return self._on_left(msg, now)
 
     def _on_push_pull(self, sender: str, msg: MemberPushPull, now: float) -> list[Effect]:
-        effects = self._merge(msg.members, msg.source_id, now)
+        effects = self._merge(msg.statements, msg.source_id, now)
         # Any exchange with a live peer proves we are connected to the cluster.
         self._connected = True
         self._next_seed = _INF
         if not msg.reply:
-            effects.append(Send(msg.source_addr, self._table(join=False, reply=True),
-                                reliable=True))
+            to = self.address_of(msg.source_id)
+            if to is not None:
+                effects.append(Send(to, self._table(join=False, reply=True), reliable=True))
         return effects
+
+    # --- verification and admission --------------------------------------------------------
+
+    def _sign(self, msg: _M) -> _M:
+        return sign(self._signer, msg)
+
+    def _valid(self, msg: Alive | Left | Suspect | Dead | Ack) -> bool | None:
+        """True: signed by whom it must be. False: forged (dropped, counted). None: the
+        signer's certificate is not known yet."""
+        if self._verifier is None:
+            return True
+        verdict = self._verifier.check(msg)
+        if verdict is False:
+            self.stats["invalid_statements"] += 1
+        return verdict
+
+    def _pend(self, msg: Alive, introducer: str, now: float) -> None:
+        pending = self._pending
+        held = pending.get(msg.node_id)
+        if held is not None:
+            if msg.incarnation > held[0].incarnation:
+                pending[msg.node_id] = (msg, held[1], held[2])
+            return
+        by = self._pending_by
+        if (by.get(introducer, 0) >= MAX_PENDING_PER_INTRODUCER
+                or len(pending) >= MAX_PENDING_STATEMENTS):
+            for node_id in [k for k, v in pending.items() if now - v[2] > _PENDING_TTL]:
+                self._unpend(pending.pop(node_id)[1])
+        if (by.get(introducer, 0) >= MAX_PENDING_PER_INTRODUCER
+                or len(pending) >= MAX_PENDING_STATEMENTS):
+            self.stats["pending_refused"] += 1
+            return
+        pending[msg.node_id] = (msg, introducer, now)
+        by[introducer] = by.get(introducer, 0) + 1
+        self.stats["pending"] += 1
+
+    def _unpend(self, introducer: str) -> None:
+        left = self._pending_by.get(introducer, 0) - 1
+        if left > 0:
+            self._pending_by[introducer] = left
+        else:
+            self._pending_by.pop(introducer, None)
+
+    def _spend_accusation(self, accuser: str, now: float) -> bool:
+        """One token of ``accuser``'s budget of new accusations (see limits)."""
+        if accuser == self._id:
+            return True
+        budget = self._accuse_budget
+        tokens, last = budget.get(accuser, (float(ACCUSATION_BURST), now))
+        tokens = min(float(ACCUSATION_BURST), tokens + (now - last) * ACCUSATION_REFILL_PER_S)
+        if len(budget) > MAX_MEMBERS:
+            budget.clear()
+        if tokens < 1.0:
+            budget[accuser] = (tokens, now)
+            self.stats["accusations_throttled"] += 1
+            return False
+        budget[accuser] = (tokens - 1.0, now)
+        return True
 
     # --- state transitions -------------------------------------------------------------------
 
-    def _on_alive(self, msg: Alive, now: float) -> list[Effect]:
+    def _on_alive(self, msg: Alive, now: float, introducer: str = "") -> list[Effect]:
         node_id = msg.node_id
+        cur = self._self if node_id == self._id else self._members.get(node_id)
+        if cur is not None and msg.incarnation < cur.incarnation:
+            return []  # stale: no need to verify it
+        if cur is not None and node_id != self._id and msg.incarnation == cur.incarnation:
+            return []
+        if node_id == self._id and msg == self._self_alive:
+            return []
+        valid = self._valid(msg)
+        if valid is False:
+            return []
+        if valid is None:
+            if cur is None:
+                self._pend(msg, introducer, now)
+            return []
         if node_id == self._id:
             me = self._self
             if self._leaving:
@@ -875,20 +1077,24 @@ class Membership:
             if msg.incarnation > me.incarnation or (
                     msg.incarnation == me.incarnation
                     and (msg.address != me.address or msg.meta != me.meta)):
+                # Signed with our key at an incarnation we hold or above: an earlier life
+                # of ours. Move past it.
                 self._refute(msg.incarnation)
             return []
-        cur = self._members.get(node_id)
         if cur is None:
             if not self._make_room(now):
                 self.stats["members_refused"] += 1
                 return []
+            held = self._pending.pop(node_id, None)
+            if held is not None:
+                self._unpend(held[1])
             m = Member(node_id, msg.address, msg.incarnation, _ALIVE, msg.meta)
+            self._alive[node_id] = msg
             self._add(m, now)
             self._queue.push(node_id, msg)
             return [MemberJoined(m)]
-        if msg.incarnation <= cur.incarnation:
-            return []
         m = Member(node_id, msg.address, msg.incarnation, _ALIVE, msg.meta)
+        self._alive[node_id] = msg
         self._set(cur, m)
         self._queue.push(node_id, msg)
         if cur.status is not _ALIVE:
@@ -897,25 +1103,41 @@ class Membership:
             return [MemberUpdated(m)]
         return []
 
-    def _on_suspect(self, msg: Suspect, now: float) -> list[Effect]:
+    def _on_suspect(self, msg: Suspect | Dead, now: float) -> list[Effect]:
+        """A suspicion, or (signed mode) a dead, which counts as its accuser's suspicion."""
         node_id = msg.node_id
         if node_id == self._id:
-            if not self._leaving and msg.incarnation >= self._self.incarnation:
+            me = self._self
+            if self._leaving or msg.incarnation < me.incarnation:
+                return []
+            if self._signed and msg.incarnation != me.incarnation:
+                self.stats["void_accusations"] += 1  # never signed by us in this life
+                return []
+            if self._valid(msg) is True:
                 self._refute(msg.incarnation)
             return []
         cur = self._members.get(node_id)
-        if cur is None or msg.incarnation < cur.incarnation:
+        if cur is None or msg.incarnation < cur.incarnation or cur.status > _SUSPECT:
+            return []
+        if self._signed and msg.incarnation != cur.incarnation:
+            # The subject never signed that incarnation (as far as anyone shows us): void.
+            self.stats["void_accusations"] += 1
             return []
         if cur.status is _SUSPECT:
             s = self._suspicions.get(node_id)
-            if s is not None and s.confirm(msg.from_id):
+            if s is None or s.k < 1 or s.confirmations >= s.k or msg.from_id in s.accusers:
+                return []
+            if self._valid(msg) is not True:
+                return []
+            if s.confirm(msg.from_id):
                 self._suspicion_due = min(self._suspicion_due, s.deadline)
                 self._queue.push(node_id, msg)
             return []
-        if cur.status is not _ALIVE:
+        if self._valid(msg) is not True or not self._spend_accusation(msg.from_id, now):
             return []
         m = Member(node_id, cur.address, msg.incarnation, _SUSPECT, cur.meta)
         self._set(cur, m)
+        self._status[node_id] = msg
         self._since[node_id] = now
         n = self.num_nodes()
         cfg = self.config
@@ -927,6 +1149,7 @@ class Membership:
         return [MemberSuspected(m)]
 
     def _on_dead(self, msg: Dead, now: float) -> list[Effect]:
+        """Unsigned mode only: a dead rumor is applied as it comes (SWIM)."""
         node_id = msg.node_id
         if node_id == self._id:
             if not self._leaving and msg.incarnation >= self._self.incarnation:
@@ -937,21 +1160,36 @@ class Membership:
             return []
         m = Member(node_id, cur.address, msg.incarnation, _DEAD, cur.meta)
         self._set(cur, m)
+        self._status[node_id] = msg
         self._since[node_id] = now
         self._queue.push(node_id, msg)
+        return [MemberDead(m)]
+
+    def _declare_dead(self, cur: Member, now: float) -> list[Effect]:
+        """Our own suspicion of ``cur`` expired unrefuted."""
+        msg = self._sign(Dead(cur.node_id, cur.incarnation, self._id))
+        m = Member(cur.node_id, cur.address, cur.incarnation, _DEAD, cur.meta)
+        self._set(cur, m)
+        self._status[cur.node_id] = msg
+        self._since[cur.node_id] = now
+        self._queue.push(cur.node_id, msg)
         return [MemberDead(m)]
 
     def _on_left(self, msg: Left, now: float) -> list[Effect]:
         node_id = msg.node_id
         if node_id == self._id:
-            if not self._leaving and msg.incarnation >= self._self.incarnation:
-                self._refute(msg.incarnation)
+            if (not self._leaving and msg.incarnation >= self._self.incarnation
+                    and msg != self._self_left and self._valid(msg) is True):
+                self._refute(msg.incarnation)  # our key signed it: an earlier life
             return []
         cur = self._members.get(node_id)
         if cur is None or msg.incarnation < cur.incarnation or cur.status is _LEFT:
             return []
+        if self._valid(msg) is not True:
+            return []
         m = Member(node_id, cur.address, msg.incarnation, _LEFT, cur.meta)
         self._set(cur, m)
+        self._status[node_id] = msg
         self._since[node_id] = now
         self._queue.push(node_id, msg)
         return [MemberLeft(m)]
@@ -964,28 +1202,40 @@ class Membership:
             self.stats["unrefutable"] += 1
             return
         inc = max(me.incarnation, accused_incarnation) + 1
-        self._self = Member(me.node_id, me.address, inc, me.status, me.meta)
+        self._set_self(Member(me.node_id, me.address, inc, me.status, me.meta))
         self._queue.push(self._id, self._alive_msg())
         self.stats["refutes"] += 1
         # Being accused is a hint that we are the slow one (Lifeguard).
         self._nudge_awareness(1)
 
-    def _merge(self, members: Sequence[Member], source_id: str, now: float) -> list[Effect]:
+    def _set_self(self, me: Member) -> None:
+        self._self = me
+        self._self_alive = self._sign(Alive(me.node_id, me.address, me.incarnation, me.meta))
+
+    def _merge(self, statements: Sequence[Message], source_id: str, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        table = self._members
-        for m in members:
-            cur = table.get(m.node_id)
-            if cur is not None and (cur is m or (m.status is _ALIVE
-                                                 and m.incarnation <= cur.incarnation)):
-                continue  # nothing new: the common case, kept cheap for big tables
-            if m.status is _ALIVE:
-                effects += self._on_alive(Alive(m.node_id, m.address, m.incarnation, m.meta),
-                                          now)
-            elif m.status is _LEFT:
-                effects += self._on_left(Left(m.node_id, m.incarnation), now)
+        introducer = self._introducer or source_id
+        later: list[Message] = []
+        alive = self._alive
+        for st in statements:
+            t = type(st)
+            if t is Alive:
+                held = alive.get(st.node_id)  # type: ignore[union-attr]
+                if held is not None and (held is st or st.incarnation <= held.incarnation):  # type: ignore[union-attr]
+                    continue  # nothing new: the common case, kept cheap for big tables
+                effects += self._on_alive(st, now, introducer)  # type: ignore[arg-type]
+            elif t is Left or t is Suspect or t is Dead:
+                later.append(st)
+        for st in later:
+            t = type(st)
+            if t is Left:
+                effects += self._on_left(st, now)  # type: ignore[arg-type]
+            elif self._signed:
+                effects += self._on_suspect(st, now)  # type: ignore[arg-type]
             else:
                 # Their "dead" is only our suspicion: we check for ourselves (memberlist).
-                effects += self._on_suspect(Suspect(m.node_id, m.incarnation, source_id), now)
+                effects += self._on_suspect(Suspect(st.node_id, st.incarnation,  # type: ignore[union-attr]
+                                                    source_id), now)
         return effects
 
     # --- table bookkeeping ----------------------------------------------------------------------
@@ -1017,6 +1267,7 @@ class Membership:
         if new.status is _ALIVE:
             self._since.pop(new.node_id, None)
             self._suspicions.pop(new.node_id, None)
+            self._status.pop(new.node_id, None)
             if not was_live:
                 self._probe_order.append(new.node_id)
         elif new.status is not _SUSPECT:
@@ -1028,6 +1279,9 @@ class Membership:
             self._live -= 1
         self._since.pop(node_id, None)
         self._suspicions.pop(node_id, None)
+        self._alive.pop(node_id, None)
+        self._status.pop(node_id, None)
+        self._knows_us.discard(node_id)
         self._queue.discard(node_id)
         i = self._pos.pop(node_id)
         last = self._ids.pop()
@@ -1074,35 +1328,67 @@ class Membership:
     # --- outgoing ------------------------------------------------------------------------
 
     def _alive_msg(self) -> Alive:
-        me = self._self
-        return Alive(me.node_id, me.address, me.incarnation, me.meta)
+        return self._self_alive
 
     def _table(self, *, join: bool, reply: bool) -> MemberPushPull:
+        """Our statements and every held one, unchanged: alive statements first."""
         me = self._self
-        rows = [me, *self._members.values()]
-        if len(rows) > _TABLE_ROWS_ALWAYS_FIT:
-            rows = self._fit_table(rows)
-        return MemberPushPull(self._id, me.address, join, reply, tuple(rows[:MAX_MEMBERS]))
+        ids = [self._id, *self._members]
+        if len(ids) > _TABLE_ROWS_ALWAYS_FIT:
+            ids = self._fit_table(ids)
+        alive = self._alive
+        status = self._status
+        out: list[Message] = []
+        later: list[Message] = []
+        for node_id in ids[:MAX_MEMBERS]:
+            if node_id == self._id:
+                out.append(self._self_alive)
+                if self._self_left is not None:
+                    later.append(self._self_left)
+                continue
+            a = alive.get(node_id)
+            if a is None:
+                continue
+            out.append(a)
+            st = status.get(node_id)
+            if st is not None:
+                later.append(st)
+        return MemberPushPull(self._id, me.address, join, reply, tuple(out + later))
 
-    def _fit_table(self, rows: list[Member]) -> list[Member]:
+    def _fit_table(self, ids: list[str]) -> list[str]:
         # Only huge tables of long records can overflow the reliable path's limit: keep
         # ourselves and live members first, then tombstones, until the bytes run out.
-        rows.sort(key=lambda m: m.node_id != self._id and m.status > _SUSPECT)
+        members = self._members
+        ids.sort(key=lambda i: i != self._id and members[i].status > _SUSPECT)
         budget = MAX_STREAM_MESSAGE_BYTES - 1024
-        out: list[Member] = []
-        for m in rows:
-            budget -= _member_size(m)
+        out: list[str] = []
+        for node_id in ids:
+            a = self.statement(node_id)
+            st = self._status.get(node_id)
+            budget -= (part_size(a) if a is not None else 0) + (
+                part_size(st) if st is not None else 0)
             if budget < 0:
                 break
-            out.append(m)
+            out.append(node_id)
         return out
 
     def _rumors(self, budget: int, max_parts: int) -> tuple[list[Message], int]:
         n = self.num_nodes()
-        out, used = self._queue.take(budget, self.config.retransmit_limit(n), max_parts)
-        if self._delegate is not None and len(out) < max_parts and budget - used > 16:
-            more, extra = self._delegate.broadcasts(budget - used, n, max_parts - len(out))
+        limit = self.config.retransmit_limit(n)
+        delegate = self._delegate
+        if delegate is None or not delegate.pending_broadcasts():
+            return self._queue.take(budget, limit, max_parts)
+        # Membership news first, but in at most half the room while items wait: churn (a
+        # hostile member accusing others at full rate, and their refutations) must not
+        # starve policy and revocation rumors. Membership then takes what items left.
+        out, used = self._queue.take(budget // 2, limit, max_parts)
+        if len(out) < max_parts and budget - used > 16:
+            more, extra = delegate.broadcasts(budget - used, n, max_parts - len(out))
             out += more
+            used += extra
+        if len(out) < max_parts and budget - used > 16:
+            rest, extra = self._queue.take(budget - used, limit, max_parts - len(out))
+            out += rest
             used += extra
         return out, used
 

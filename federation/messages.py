@@ -48,12 +48,13 @@ from federation.limits import (
     MAX_DIGEST_ENTRIES,
     MAX_ITEM_KEY_BYTES,
     MAX_ITEM_VALUE_BYTES,
-    MAX_MEMBERS,
     MAX_META_BYTES,
     MAX_NODE_ID_BYTES,
     MAX_PUSH_ITEMS,
     MAX_REQUEST_ENTRIES,
+    MAX_TABLE_STATEMENTS,
     MAX_UINT,
+    SIGNATURE_BYTES,
 )
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "encoded_size",
     "part_size",
     "send_effects",
+    "sources_match",
 ]
 
 #: First byte of every encoded message. Bump only for an incompatible change of the
@@ -149,6 +151,8 @@ ItemKey = Annotated[str, _MaxLen(MAX_ITEM_KEY_BYTES)]
 Meta = Annotated[bytes, _MaxLen(MAX_META_BYTES)]
 Value = Annotated[bytes, _MaxLen(MAX_ITEM_VALUE_BYTES)]
 Hash = Annotated[bytes, _MaxLen(DIGEST_HASH_BYTES, exact=True)]
+#: An Ed25519 signature (64 bytes), or empty where the format allows an unsigned form.
+Sig = Annotated[bytes, _MaxLen(SIGNATURE_BYTES)]
 
 
 # --- membership messages -----------------------------------------------------------------
@@ -157,19 +161,25 @@ Hash = Annotated[bytes, _MaxLen(DIGEST_HASH_BYTES, exact=True)]
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Direct probe. ``target_id`` lets a node that now holds the address ignore a probe
-    meant for its predecessor instead of acking for it."""
+    meant for its predecessor instead of acking for it. ``for_id`` is set when a relay
+    probes on behalf of ``for_id`` (SWIM ping-req): the target then answers with an ack
+    it signs for ``for_id``, which the relay forwards unchanged. ``source_addr`` is
+    informational only: answers go to the address the pinger signed."""
 
     TYPE: ClassVar[MessageType] = MessageType.PING
     seq: int
     source_id: NodeId
     source_addr: Address
     target_id: NodeId
+    for_id: Annotated[str, _MaxLen(MAX_NODE_ID_BYTES)] = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PingReq:
     """Ask the receiver to probe ``target`` for us and relay the ack (SWIM indirect probe).
-    With ``want_nack`` the relay also answers if the target stays silent (Lifeguard)."""
+    With ``want_nack`` the relay also answers if the target stays silent (Lifeguard).
+    ``target_addr`` is never used as a destination: the relay probes the address the
+    target signed (no reflection)."""
 
     TYPE: ClassVar[MessageType] = MessageType.PING_REQ
     seq: int
@@ -182,11 +192,17 @@ class PingReq:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Answer to a ping, or relayed answer to a ping-req (same ``seq`` as the request)."""
+    """Answer to a ping, or relayed answer to a ping-req (same ``seq`` as the request).
+
+    A direct ack is unsigned: the datagram envelope proves ``source_id`` sent it. An ack
+    for a relayed probe names the node it is ``for_id`` and carries ``source_id``'s
+    signature, so the relay can forward it byte for byte and cannot forge one."""
 
     TYPE: ClassVar[MessageType] = MessageType.ACK
     seq: int
     source_id: NodeId
+    for_id: Annotated[str, _MaxLen(MAX_NODE_ID_BYTES)] = ""
+    sig: Sig = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,42 +217,48 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class Alive:
-    """Rumor: ``node_id`` is alive at ``incarnation``, reachable at ``address``."""
+    """Statement by ``node_id`` (``sig`` is its signature): alive at ``incarnation``,
+    reachable at ``address``. Relayers carry it unchanged."""
 
     TYPE: ClassVar[MessageType] = MessageType.ALIVE
     node_id: NodeId
     address: Address
     incarnation: int
     meta: Meta
+    sig: Sig = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Suspect:
-    """Rumor: ``from_id`` suspects ``node_id`` at ``incarnation``."""
+    """Accusation signed by ``from_id``: it suspects ``node_id`` at ``incarnation``."""
 
     TYPE: ClassVar[MessageType] = MessageType.SUSPECT
     node_id: NodeId
     incarnation: int
     from_id: NodeId
+    sig: Sig = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Dead:
-    """Rumor: ``from_id`` declared ``node_id`` dead at ``incarnation``."""
+    """Accusation signed by ``from_id``: its suspicion of ``node_id`` at ``incarnation``
+    expired. Receivers count it as a suspicion by ``from_id`` and decide for themselves."""
 
     TYPE: ClassVar[MessageType] = MessageType.DEAD
     node_id: NodeId
     incarnation: int
     from_id: NodeId
+    sig: Sig = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Left:
-    """Rumor: ``node_id`` left gracefully at ``incarnation`` (not a failure)."""
+    """Statement by ``node_id`` (signed): it left gracefully at ``incarnation``."""
 
     TYPE: ClassVar[MessageType] = MessageType.LEFT
     node_id: NodeId
     incarnation: int
+    sig: Sig = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,15 +274,17 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class MemberPushPull:
-    """Full member table, sent over the reliable path (join, anti-entropy, reconnect).
-    The receiver merges it and, unless ``reply`` is set, answers with its own."""
+    """Full member table, sent over the reliable path (join, anti-entropy, reconnect):
+    the signed statements the sender holds (each member's ``Alive``, and the ``Left``,
+    ``Suspect`` or ``Dead`` behind a non-alive status), carried unchanged. The receiver
+    merges it and, unless ``reply`` is set, answers with its own."""
 
     TYPE: ClassVar[MessageType] = MessageType.MEMBER_PUSH_PULL
     source_id: NodeId
     source_addr: Address
     join: bool
     reply: bool
-    members: Annotated[tuple[Member, ...], _MaxLen(MAX_MEMBERS)]
+    statements: Annotated[tuple[Message, ...], _MaxLen(MAX_TABLE_STATEMENTS)]
 
 
 # --- state sync messages -----------------------------------------------------------------
@@ -397,6 +421,21 @@ class Transport(Protocol):
         authenticated reliable path (HTTPS with mutual TLS) to ``to``. Must not block the
         caller: schedule the request and report failures to the log, not to the core."""
         ...
+
+
+def sources_match(msg: Message, node_id: str) -> bool:
+    """Every part that names its sender names ``node_id`` (the authenticated one: the
+    datagram envelope's signer or the TLS peer). Relayed acks are the exception: they name
+    the probed node and carry its own signature, which the membership core checks."""
+    parts = msg.parts if type(msg) is Compound else (msg,)
+    for part in parts:
+        source = getattr(part, "source_id", None)
+        if source is None or source == node_id:
+            continue
+        if type(part) is Ack and part.for_id and part.sig:
+            continue
+        return False
+    return True
 
 
 def send_effects(effects: Iterable[Effect], transport: Transport) -> list[Event]:

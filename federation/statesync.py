@@ -138,6 +138,10 @@ class PeerSource(Protocol):
     def num_nodes(self) -> int:
         ...
 
+    def address_of(self, node_id: str) -> str | None:
+        """The address ``node_id`` signed (a member), or None: replies go only there."""
+        ...
+
 
 # --- events ----------------------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class StateSync:
         #: Counters for metrics; keys are stable names.
         self.stats: dict[str, int] = dict.fromkeys(
             ("accepted", "rejected", "stale", "duplicates", "conflicts", "refused_full",
-             "exchanges"), 0)
+             "exchanges", "unknown_source"), 0)
 
     # --- read side -----------------------------------------------------------------------
 
@@ -458,12 +462,24 @@ class StateSync:
             if held is not None and held[0].version == version:
                 mine = {held[1], *self._extra.get(k, {})}
             wants += [e for h, e in hashes.items() if h not in mine]
-        effects: list[Effect] = [Send(msg.source_addr, p, reliable=True)
-                                 for p in self._pushes(push)]
+        to = self._reply_address(msg.source_id)
+        if to is None:
+            return []
+        effects: list[Effect] = [Send(to, p, reliable=True) for p in self._pushes(push)]
         if wants:
             req = StateRequest(self._id, self._address, tuple(wants[:MAX_REQUEST_ENTRIES]))
-            effects.append(Send(msg.source_addr, req, reliable=True))
+            effects.append(Send(to, req, reliable=True))
         return effects
+
+    def _reply_address(self, node_id: str) -> str | None:
+        """Where answers to ``node_id`` go: the address it signed, never the one its
+        message names (a forged ``source_addr`` must not aim our pushes elsewhere)."""
+        if self._peers is None:
+            return None
+        to = self._peers.address_of(node_id)
+        if to is None:
+            self.stats["unknown_source"] += 1
+        return to
 
     def _on_request(self, msg: StateRequest) -> list[Effect]:
         found: list[Item] = []
@@ -478,7 +494,10 @@ class StateSync:
                 other = self._extra.get(k, {}).get(want.value_hash)
                 if other is not None:
                     found.append(other)
-        return [Send(msg.source_addr, p, reliable=True) for p in self._pushes(found)]
+        to = self._reply_address(msg.source_id)
+        if to is None:
+            return []
+        return [Send(to, p, reliable=True) for p in self._pushes(found)]
 
     def _pushes(self, items: list[Item]) -> list[StatePush]:
         """Split ``items`` into pushes within the reliable path's count and byte limits.

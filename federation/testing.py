@@ -17,10 +17,21 @@ is never lost but is cut by partitions and crashes like datagrams. Nodes are wok
 at their cores' ``next_deadline()``, never polled, which is what makes 1,000 nodes cheap.
 With ``wire=True`` every message goes through ``encode``/``decode`` (slower, for codec
 coverage); with ``count_bytes=True`` encoded sizes are counted without decoding.
+
+Signed mode (``signed=True``): every node holds a real Ed25519 key (derived from the seed)
+and signs its membership statements; every node verifies through its own
+``StatementVerifier`` (so per-node verification counts are real), backed by one memo of
+Ed25519 results shared by all nodes (a statement's validity does not depend on who checks
+it; this only saves the simulator's CPU). Keys known = nodes enrolled in the simulation:
+an invented node id has no certificate. Delivery models the datagram envelope: a message
+whose parts name a sender other than the sending node is dropped (as ``node/`` does).
+:class:`Adversary` turns nodes hostile: they keep running honest cores (they are enrolled
+members) and, on top, forge at a fixed rate with nothing but their own key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import random
@@ -28,8 +39,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from federation.config import ClusterConfig
-from federation.limits import MAX_DATAGRAM_PAYLOAD, MAX_STREAM_MESSAGE_BYTES
+from federation.limits import MAX_DATAGRAM_PAYLOAD, MAX_STREAM_MESSAGE_BYTES, MAX_UINT
 from federation.membership import (
     Member,
     MemberDead,
@@ -37,7 +51,24 @@ from federation.membership import (
     MemberStatus,
     MemberSuspected,
 )
-from federation.messages import Event, Item, Message, Send, decode, encode, encoded_size
+from federation.messages import (
+    Ack,
+    Alive,
+    Compound,
+    Dead,
+    Event,
+    Item,
+    Message,
+    PingReq,
+    Send,
+    StateDigest,
+    Suspect,
+    decode,
+    encode,
+    encoded_size,
+    sources_match,
+)
+from federation.statements import Ed25519Signer, StatementVerifier, sign
 from federation.statesync import (
     ACCEPT,
     Conflict,
@@ -51,6 +82,7 @@ from federation.statesync import (
 
 __all__ = [
     "AcceptNewer",
+    "Adversary",
     "Delivery",
     "MemoryNetwork",
     "MemoryTransport",
@@ -256,6 +288,9 @@ class SimNode:
     spins: int = 0
     bytes_sent: int = 0
     events: list[tuple[float, Event]] = field(default_factory=list)
+    verifier: StatementVerifier | None = None
+    adversary: Adversary | None = None
+    next_attack: float = _INF
 
 
 class Simulation:
@@ -270,7 +305,7 @@ class Simulation:
                  loss: float = 0.0, latency: float = 0.002, jitter: float = 0.002,
                  validator: Validator | Callable[[int], Validator] | None = None,
                  bootstrap: str = "full", wire: bool = False, count_bytes: bool = False,
-                 record_events: bool = False) -> None:
+                 record_events: bool = False, signed: bool = False) -> None:
         if n < 1:
             raise ValueError("a simulation needs at least one node")
         if bootstrap not in ("full", "join"):
@@ -298,6 +333,14 @@ class Simulation:
         self.rejections: list[tuple[float, int, ItemRejected]] = []
         self.false_dead: list[tuple[float, int, str]] = []
         self.false_suspicions = 0
+        self.signed = signed
+        self._keys: dict[str, Ed25519PrivateKey] = {}
+        self._pub: dict[str, Ed25519PublicKey] = {}
+        self._memo: dict[tuple[str, bytes, bytes], bool] = {}
+        #: Messages dropped because they named a sender other than the one sending them.
+        self.spoofed_dropped = 0
+        #: Sends by honest nodes to addresses no node has (reflection), as (node, to).
+        self.stray_sends: list[tuple[int, str]] = []
         for i in range(n):
             node_id = f"node-{i:04d}"
             address = f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:8471"
@@ -305,8 +348,10 @@ class Simulation:
             self._by_id[node_id] = i
             self.nodes.append(self._make_node(i, node_id, address, 0))
         if bootstrap == "full":
-            table = [Member(nd.node_id, nd.address, 0, MemberStatus.ALIVE, b"")
-                     for nd in self.nodes]
+            table: list[Member | Alive] = [
+                nd.membership.statement(nd.node_id) or Member(
+                    nd.node_id, nd.address, 0, MemberStatus.ALIVE, b"")
+                for nd in self.nodes]
             for nd in self.nodes:
                 nd.membership.restore(table, 0.0)
         for nd in self.nodes:
@@ -315,6 +360,37 @@ class Simulation:
             self._schedule(nd, 0.0)
 
     # --- construction ---------------------------------------------------------------------
+
+    def key_of(self, node_id: str) -> Ed25519PrivateKey:
+        """The (enrolled) node's key, created deterministically on first use."""
+        key = self._keys.get(node_id)
+        if key is None:
+            seed = hashlib.sha256(f"sim-key-{self.seed}-{node_id}".encode()).digest()
+            key = self._keys[node_id] = Ed25519PrivateKey.from_private_bytes(seed)
+            self._pub[node_id] = key.public_key()
+        return key
+
+    def _raw_verify(self, signer: str, data: bytes, sig: bytes) -> bool | None:
+        pub = self._pub.get(signer)
+        if pub is None:
+            return None  # not enrolled: no certificate exists for it
+        k = (signer, data, sig)
+        result = self._memo.get(k)
+        if result is None:
+            try:
+                pub.verify(sig, data)
+                result = True
+            except InvalidSignature:
+                result = False
+            if len(self._memo) > 1_000_000:
+                self._memo.clear()
+            self._memo[k] = result
+        return result
+
+    def verifications(self) -> int:
+        """Ed25519 verifications the nodes did (each counts its own, as real nodes do)."""
+        return sum(nd.verifier.stats["verifications"] for nd in self.nodes
+                   if nd.verifier is not None)
 
     def _make_node(self, i: int, node_id: str, address: str, generation: int) -> SimNode:
         rng = random.Random(f"{self.seed}-{i}-{generation}")
@@ -326,10 +402,39 @@ class Simulation:
             validator = v(i)
         else:
             validator = v
-        membership = Membership(node_id, address, self.config.membership, rng)
+        verifier = None
+        signer = None
+        if self.signed:
+            signer = Ed25519Signer(self.key_of(node_id))
+            verifier = StatementVerifier(raw=self._raw_verify)
+        membership = Membership(node_id, address, self.config.membership, rng,
+                                signer=signer, verifier=verifier)
         statesync = StateSync(node_id, address, self.config.gossip, validator, rng, membership)
         membership.set_delegate(statesync)
-        return SimNode(i, node_id, address, membership, statesync, generation=generation)
+        return SimNode(i, node_id, address, membership, statesync, generation=generation,
+                       verifier=verifier)
+
+    def add_node(self, *, join: bool = True) -> SimNode:
+        """A newly enrolled node (its certificate exists) that joins through the seeds."""
+        i = len(self.nodes)
+        node_id = f"node-{i:04d}"
+        address = f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:8471"
+        self._by_addr[address] = i
+        self._by_id[node_id] = i
+        node = self._make_node(i, node_id, address, 0)
+        self.nodes.append(node)
+        now = self.clock.now
+        if join:
+            self._apply(node, node.membership.join(self._seeds_for(i), now), now)
+        self._schedule(node, now)
+        return node
+
+    def make_hostile(self, i: int, adversary: Adversary) -> None:
+        """Node ``i`` turns hostile: it keeps its honest cores and forges on top."""
+        node = self.nodes[i]
+        node.adversary = adversary
+        node.next_attack = self.clock.now
+        self._schedule(node, self.clock.now)
 
     def _seeds_for(self, i: int) -> list[str]:
         return [nd.address for nd in self.nodes[:3] if nd.index != i]
@@ -341,7 +446,8 @@ class Simulation:
         return self.clock.now
 
     def _schedule(self, node: SimNode, now: float) -> None:
-        due = min(node.membership.next_deadline(), node.statesync.next_deadline())
+        due = min(node.membership.next_deadline(), node.statesync.next_deadline(),
+                  node.next_attack)
         if due < now:
             due = now
         if due < node.wake:
@@ -367,6 +473,12 @@ class Simulation:
                                      f"{limit}-byte limit: {type(msg).__name__}")
             node.bytes_sent += size
         if dst is None:
+            if node.adversary is None:
+                self.stray_sends.append((node.index, e.to))
+            return
+        if self.signed and not sources_match(msg, node.node_id):
+            # The receiver's envelope (or TLS) check: the sender is who signed the datagram.
+            self.spoofed_dropped += 1
             return
         delay = self.network.route(node.address, e.to, e.reliable)
         if delay is None:
@@ -377,7 +489,7 @@ class Simulation:
         target = self.nodes[dst]
         self._seq += 1
         heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, dst, target.generation,
-                                    node.address, msg))
+                                    node.address, msg, node.node_id))
 
     def _observe(self, node: SimNode, e: Event, now: float) -> None:
         if self.record_events:
@@ -427,8 +539,11 @@ class Simulation:
                     node.last_wake, node.spins = now, 0
                 effects = node.membership.tick(now)
                 effects += node.statesync.tick(now)
+                if node.adversary is not None and now >= node.next_attack:
+                    effects += node.adversary.act(self, node, now)
+                    node.next_attack = now + node.adversary.interval
             else:
-                effects = node.membership.receive(entry[5], entry[6], now)
+                effects = node.membership.receive(entry[5], entry[6], now, entry[7])
             self.clock.now = now
             if effects:
                 self._apply(node, effects, now)
@@ -470,6 +585,7 @@ class Simulation:
                 node.statesync.put(item, self.clock.now)
         self.nodes[i] = node
         self.network.set_down(node.address, False)
+        node.adversary, node.next_attack = old.adversary, old.next_attack
         now = self.clock.now
         if join:
             self._apply(node, node.membership.join(self._seeds_for(i), now), now)
@@ -499,6 +615,22 @@ class Simulation:
         now = self.clock.now
         self._apply(node, node.membership.receive(sender, msg, now), now)
         self._schedule(node, now)
+
+    def honest(self) -> list[SimNode]:
+        return [nd for nd in self.nodes if nd.adversary is None]
+
+    def forged_addresses_adopted(self) -> list[tuple[str, str, str]]:
+        """(observer, member, address) wherever an honest node holds a member at an address
+        that member does not have, or a member that does not exist."""
+        real = {nd.node_id: nd.address for nd in self.nodes}
+        out = []
+        for nd in self.honest():
+            if not nd.up:
+                continue
+            for m in nd.membership.members():
+                if real.get(m.node_id) != m.address:
+                    out.append((nd.node_id, m.node_id, m.address))
+        return out
 
     def up_nodes(self) -> list[SimNode]:
         return [nd for nd in self.nodes if nd.up]
@@ -554,3 +686,66 @@ class Simulation:
 
     def total_bytes(self) -> int:
         return sum(nd.bytes_sent for nd in self.nodes)
+
+
+class Adversary:
+    """A hostile enrolled node's forgeries, at a fixed rate, with only its own key.
+
+    Every ``interval`` it sends each of ``fanout`` random honest nodes one datagram of:
+    an alive moving a victim to the attacker's address at incarnation 2**64-1 (signed with
+    the attacker's key), the same with a garbage signature, a dead about the victim at
+    2**64-1 naming another node as accuser (spoofed sender), a valid suspect and dead
+    signed by the attacker at the victim's real incarnation (lies it may tell, within its
+    accusation budget), ``invent`` invented members, a replay of a crashed node's last
+    alive, a ping-req and a digest naming a reflection address, and a forged relayed ack.
+    """
+
+    REFLECT = "203.0.113.7:53"
+
+    def __init__(self, rng: random.Random, *, interval: float = 0.1, fanout: int = 3,
+                 invent: int = 4) -> None:
+        self.rng = rng
+        self.interval = interval
+        self.fanout = fanout
+        self.invent = invent
+        self.invented = 0
+        self.sent = 0
+
+    def act(self, sim: Simulation, node: SimNode, now: float) -> list[Send]:
+        rng = self.rng
+        me = node.node_id
+        key = Ed25519Signer(sim.key_of(me)) if sim.signed else None
+        honest = [nd for nd in sim.nodes if nd.adversary is None]
+        if not honest:
+            return []
+        view = node.membership
+        out: list[Send] = []
+        for _ in range(self.fanout):
+            target = honest[rng.randrange(len(honest))]
+            victim = honest[rng.randrange(len(honest))]
+            held = view.member(victim.node_id)
+            inc = held.incarnation if held is not None else 0
+            accuser = honest[rng.randrange(len(honest))].node_id
+            parts: list[Message] = [
+                sign(key, Alive(victim.node_id, node.address, MAX_UINT, b"")),
+                Alive(victim.node_id, node.address, inc + 1, b"", b"\x07" * 64),
+                sign(key, Dead(victim.node_id, MAX_UINT, accuser)),
+                sign(key, Suspect(victim.node_id, inc, me)),
+                sign(key, Dead(victim.node_id, inc, me)),
+                PingReq(rng.getrandbits(32), me, node.address, victim.node_id, self.REFLECT,
+                        True),
+                Ack(rng.getrandbits(32), victim.node_id, target.node_id, b"\x01" * 64),
+            ]
+            for _ in range(self.invent):
+                self.invented += 1
+                parts.append(sign(key, Alive(f"ghost-{me}-{self.invented}",
+                                             f"198.51.100.{self.invented % 250}:1", 0, b"")))
+            dead = [nd for nd in sim.nodes if not nd.up]
+            if dead:
+                replay = view.statement(dead[rng.randrange(len(dead))].node_id)
+                if replay is not None:
+                    parts.append(replay)
+            out.append(Send(target.address, Compound(tuple(parts))))
+            out.append(Send(target.address, StateDigest(me, self.REFLECT, None, None, ())))
+            self.sent += 2
+        return out

@@ -6,6 +6,12 @@ sans-I/O cores (``federation.membership``, ``federation.statesync``, ``federatio
   malformed or revoked datagrams are dropped and counted (``outpost_gossip_dropped_total``).
 - The reliable path: ``POST /peer/v1/gossip`` over the mutual-TLS peer endpoint; the TLS identity
   must be the message's ``source_id``.
+- Signed membership: the core signs this node's statements with the node key and verifies
+  others' (``federation.statements``) against the certificates this node holds: from verified
+  adverts and from TLS handshakes. A statement whose signer's certificate is not known yet waits
+  in the core's admission pen; each newly learned certificate is handed to ``key_known``.
+  Datagrams and exchanges go only to addresses members signed (the core decides; this layer
+  never answers a UDP source address).
 - One task drives both cores: sleep until the earlier deadline, tick, send effects, react to
   events (persist and audit policy and revocation lists that arrive, turn conflicting checkpoints
   into equivocation evidence), republish this node's capability advert and audit checkpoint.
@@ -52,9 +58,19 @@ from federation.membership import (
     MemberJoined,
     Membership,
 )
-from federation.messages import Effect, Event, Item, ItemKind, Message, Send, decode, encode
+from federation.messages import (
+    Effect,
+    Event,
+    Item,
+    ItemKind,
+    Send,
+    decode,
+    encode,
+    sources_match,
+)
 from federation.placement import Candidate
 from federation.policy_engine import NodeAttrs
+from federation.statements import Ed25519Signer, StatementVerifier
 from federation.statesync import Conflict, ItemAccepted, StateSync
 from node.limits import EXCHANGE_TIMEOUT_S, MAX_INFLIGHT_EXCHANGES, STUCK_DEADLINE_PAUSE_S
 from node.store import get_doc
@@ -104,7 +120,12 @@ class Cluster(asyncio.DatagramProtocol):
         self.deps = deps
         self.validator = ItemValidator(deps.authority_pem, datetime.now(UTC), revocations)
         rng = random.Random()
-        self.membership = Membership(deps.node_id, deps.address, deps.config.membership, rng)
+        self.statements = StatementVerifier(self._statement_key)
+        # Incarnations start from the wall clock (ms): a restarted node outranks what it
+        # signed in its previous life at once (refutations add 1 each: no clock needed after).
+        self.membership = Membership(deps.node_id, deps.address, deps.config.membership, rng,
+                                     incarnation=time.time_ns() // 1_000_000,
+                                     signer=Ed25519Signer(deps.key), verifier=self.statements)
         self.sync = StateSync(deps.node_id, deps.address, deps.config.gossip, self.validator,
                               rng, peers=self.membership)
         self.membership.set_delegate(self.sync)
@@ -233,7 +254,22 @@ class Cluster(asyncio.DatagramProtocol):
         for node_id in list(self.tls_peers):
             if revocations.is_revoked(self.tls_peers[node_id].identity):
                 del self.tls_peers[node_id]
+        for node_id in revocations.node_ids:
+            self.statements.forget(node_id)
         self._refresh_revoked_addresses()
+
+    def _statement_key(self, node_id: str) -> Any:
+        """Public key to check ``node_id``'s membership statements with: from a certificate
+        we verified (advert or TLS handshake), not revoked; None while unknown."""
+        if node_id == self.deps.node_id:
+            return self.deps.key.public_key()
+        ident = self._identity(node_id)
+        return ident.public_key if ident is not None else None
+
+    def _learned(self, node_id: str) -> None:
+        """A certificate for ``node_id`` is now known: admit its pending statement."""
+        if node_id != self.deps.node_id and self.membership.member(node_id) is None:
+            self._apply(self.membership.key_known(node_id, time.monotonic()))
 
     def is_revoked(self, identity: NodeIdentity) -> bool:
         revocations = self.validator.revocations
@@ -286,6 +322,7 @@ class Cluster(asyncio.DatagramProtocol):
             if item.kind is ItemKind.CAPABILITY_ADVERT:
                 self._advert_seen[item.origin] = time.monotonic()
                 self._cache_advert(item)
+                self._learned(item.origin)
                 return
             if item.kind is ItemKind.POLICY_BUNDLE:
                 self.deps.on_document("policy", item.version, item.value, event.source)
@@ -366,11 +403,12 @@ class Cluster(asyncio.DatagramProtocol):
         except FederationError:
             self.deps.count_drop("malformed")
             return
-        if not _sources_match(msg, sender):
+        if not sources_match(msg, sender):
             self.deps.count_drop("forged")
             return
         self.validator.now = datetime.now(UTC)
-        self._apply(self.membership.receive(f"{addr[0]}:{addr[1]}", msg, time.monotonic()))
+        self._apply(self.membership.receive(f"{addr[0]}:{addr[1]}", msg, time.monotonic(),
+                                            sender))
 
     def _identity(self, node_id: str) -> NodeIdentity | None:
         ident = self._known_identity(node_id)
@@ -430,7 +468,10 @@ class Cluster(asyncio.DatagramProtocol):
 
                 ident = peer_identity(sslobj, self.deps.authority_pem, datetime.now(UTC),
                                       revocations=self.validator.revocations)
+                new = ident.node_id not in self.tls_peers
                 self.tls_peers[ident.node_id] = _Peer(ident, rtt)
+                if new:
+                    self._learned(ident.node_id)
 
     def receive_reliable(self, body: bytes, peer: NodeIdentity) -> str | None:
         """A POSTed message from an authenticated peer; returns an error text or None."""
@@ -446,14 +487,16 @@ class Cluster(asyncio.DatagramProtocol):
         except FederationError as exc:
             self.deps.count_drop("malformed")
             return f"malformed message: {exc}"
-        if not _sources_match(msg, peer.node_id):
+        if not sources_match(msg, peer.node_id):
             self.deps.count_drop("forged")
             return "source_id is not the TLS peer"
         known = self.tls_peers.get(peer.node_id)
         self.tls_peers[peer.node_id] = _Peer(peer, known.rtt_s if known else None)
-        address = getattr(msg, "source_addr", None) or ""
         self.validator.now = datetime.now(UTC)
-        self._apply(self.membership.receive(address, msg, time.monotonic()))
+        # No address: every answer goes to the address the peer signed (no reflection).
+        self._apply(self.membership.receive("", msg, time.monotonic(), peer.node_id))
+        if known is None:
+            self._learned(peer.node_id)
         return None
 
     # -- views ---------------------------------------------------------------------------------
@@ -544,16 +587,6 @@ class Cluster(asyncio.DatagramProtocol):
 
     def revocation_item(self) -> Item | None:
         return self.sync.get(AUTHORITY_ORIGIN, ItemKind.REVOCATION_LIST, REVOCATIONS_KEY)
-
-
-def _sources_match(msg: Message, node_id: str) -> bool:
-    """Every part that names its sender must name the authenticated one."""
-    parts = getattr(msg, "parts", None)
-    for part in (parts if parts is not None else (msg,)):
-        source = getattr(part, "source_id", None)
-        if source is not None and source != node_id:
-            return False
-    return True
 
 
 async def held_documents(store: Any) -> tuple[tuple[int, bytes] | None, tuple[int, bytes] | None]:

@@ -707,6 +707,19 @@ def test_unknown_kind_is_rejected(node_a: Node) -> None:
 # --- end to end: two StateSync instances -----------------------------------------------------
 
 
+class Directory:
+    """Members' signed addresses as state sync looks them up: node "x" lives at x:8471."""
+
+    def random_peer_address(self) -> str | None:
+        return None
+
+    def num_nodes(self) -> int:
+        return 2
+
+    def address_of(self, node_id: str) -> str | None:
+        return f"{node_id}:8471"
+
+
 class Peer:
     """A StateSync with its address, for exchanging messages by hand."""
 
@@ -714,6 +727,7 @@ class Peer:
         self.address = f"{name}:8471"
         self.validator = v
         self.sync = StateSync(name, self.address, GossipConfig(), v, random.Random(name))
+        self.sync.set_peers(Directory())
         self.events: list[object] = []
 
     def held(self, origin: str, kind: ItemKind, key: str) -> Item | None:

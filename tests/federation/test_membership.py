@@ -82,12 +82,17 @@ def run_until_probe(m: Membership, start: float = 0.0) -> tuple[float, Send, Pin
 # --- probing ---------------------------------------------------------------------------------
 
 
-def test_ping_is_acked_to_sender_and_misdirected_ping_ignored() -> None:
-    m = node()
-    [s] = sends(m.receive("x:9", Ping(5, "x", "x:1", "me"), 0.0))
-    assert s.to == "x:9" and parts(s.msg)[0] == Ack(5, "me") and not s.reliable
-    assert m.receive("x:9", Ping(6, "x", "x:1", "someone-else"), 0.0) == []
+def test_ping_is_acked_to_the_signed_address_and_misdirected_ping_ignored() -> None:
+    m = node(peers=1)
+    # The datagram's source (x:9) and the ping's source_addr are not destinations: the
+    # ack goes where p0 signed it lives (no reflection).
+    [s] = sends(m.receive("x:9", Ping(5, "p0", "evil:53", "me"), 0.0))
+    assert s.to == "p0:1" and parts(s.msg)[0] == Ack(5, "me") and not s.reliable
+    assert m.receive("x:9", Ping(6, "p0", "p0:1", "someone-else"), 0.0) == []
     assert m.stats["misdirected_pings"] == 1
+    # A pinger that is not a member gets no answer at all.
+    assert m.receive("x:9", Ping(7, "stranger", "x:9", "me"), 0.0) == []
+    assert m.stats["unknown_pinger"] == 1
 
 
 def test_acked_probe_raises_no_suspicion() -> None:
@@ -141,24 +146,31 @@ def test_indirect_ack_counts_as_success() -> None:
 def test_relay_forwards_ack_or_nacks_after_timeout() -> None:
     m = node(peers=2)
     m.tick(0.0)
-    effects = m.receive("p0:7", PingReq(41, "p0", "p0:1", "p1", "p1:1", True), 1.0)
+    # The target address in the request is ignored: p1 is probed where it signed it is.
+    effects = m.receive("p0:7", PingReq(41, "p0", "p0:1", "p1", "victim:53", True), 1.0)
     s, ping = first(effects, Ping)
-    assert s.to == "p1:1" and ping.target_id == "p1"  # type: ignore[attr-defined]
-    effects = m.receive("p1:1", Ack(ping.seq, "p1"), 1.1)  # type: ignore[attr-defined]
-    s, ack = first(effects, Ack)
-    assert s.to == "p0:7" and ack == Ack(41, "p1")
+    assert s.to == "p1:1" and ping == Ping(41, "me", "me:1", "p1", "p0")
+    # The target's ack (signed for p0) is forwarded unchanged to p0's signed address.
+    ack = Ack(41, "p1", "p0")
+    effects = m.receive("p1:1", ack, 1.1)
+    s, fwd = first(effects, Ack)
+    assert s.to == "p0:1" and fwd is ack
     # Second request: the target stays silent, the requester gets a nack.
     effects = m.receive("p0:7", PingReq(42, "p0", "p0:1", "p1", "p1:1", True), 2.0)
     assert m.next_deadline() <= 2.0 + LAN.probe_timeout
     s, nack = first(m.tick(2.0 + LAN.probe_timeout), Nack)
-    assert s.to == "p0:7" and nack == Nack(42, "me")
+    assert s.to == "p0:1" and nack == Nack(42, "me")
+    # Requests about, or from, non-members are refused.
+    assert m.receive("p0:7", PingReq(43, "p0", "p0:1", "ghost", "victim:53", True), 3.0) == []
+    assert m.receive("x:7", PingReq(44, "ghost", "x:7", "p1", "p1:1", True), 3.0) == []
+    assert m.stats["relays_refused"] == 2
 
 
 def test_buddy_system_puts_the_suspicion_in_the_ping() -> None:
     m = node(peers=1)
     m.receive("p0:1", Suspect("p0", 0, "other"), 0.0)
     _, s, _ping = run_until_probe(m)
-    assert Suspect("p0", 0, "me") in parts(s.msg)
+    assert Suspect("p0", 0, "other") in parts(s.msg)  # the accusation, unchanged
 
 
 # --- suspicion, refutation, precedence -------------------------------------------------------
@@ -256,8 +268,9 @@ def test_isolated_node_slows_its_own_probing() -> None:
 
 def test_remote_dead_becomes_local_suspicion_and_self_dead_is_refuted() -> None:
     m = node(peers=3)
-    table = (Member("q", "q:1", 0, ALIVE, b""), Member("p0", "p0:1", 0, DEAD, b""),
-             Member("me", "me:1", 0, DEAD, b""), Member("new", "new:1", 2, ALIVE, b"m"))
+    table = (Alive("q", "q:1", 0, b""), Alive("p0", "p0:1", 0, b""),
+             Alive("me", "me:1", 0, b""), Alive("new", "new:1", 2, b"m"),
+             Dead("p0", 0, "q"), Dead("me", 0, "q"))
     effects = m.receive("q:1", MemberPushPull("q", "q:1", False, False, table), 0.0)
     assert m.member("p0").status is SUSPECT  # type: ignore[union-attr]
     assert m.incarnation == 1
@@ -265,14 +278,14 @@ def test_remote_dead_becomes_local_suspicion_and_self_dead_is_refuted() -> None:
     assert joined == {"q", "new"}
     [reply] = [s for s in sends(effects) if s.reliable]
     assert reply.to == "q:1" and isinstance(reply.msg, MemberPushPull) and reply.msg.reply
-    assert {r.node_id for r in reply.msg.members} >= {"me", "q", "p0", "new"}
+    assert {r.node_id for r in reply.msg.statements} >= {"me", "q", "p0", "new"}
 
 
 def test_ping_from_a_member_we_hold_dead_tells_it_so() -> None:
     m = node(peers=2)
     m.receive("x:1", Dead("p0", 0, "x"), 0.0)
     [s] = sends(m.receive("p0:1", Ping(3, "p0", "p0:1", "me"), 1.0))
-    assert Dead("p0", 0, "me") in parts(s.msg)
+    assert Dead("p0", 0, "x") in parts(s.msg)
 
 
 def test_leave_is_gossiped_as_left_not_dead() -> None:
@@ -312,7 +325,7 @@ def test_seeds_are_retried_with_backoff_until_one_answers() -> None:
     assert gaps[0] < gaps[1] < gaps[2] < gaps[3]  # exponential back-off...
     assert max(gaps) <= cfg.seed_retry_max + 1e-9  # ...capped
     # The seed answers: retries stop.
-    reply = MemberPushPull("s", "s:1", False, True, (Member("s", "s:1", 0, ALIVE, b""),))
+    reply = MemberPushPull("s", "s:1", False, True, (Alive("s", "s:1", 0, b""),))
     m.receive("s:1", reply, now)
     later = []
     for _ in range(200):
@@ -445,13 +458,15 @@ def test_push_pull_table_fits_the_stream_limit_keeping_live_members_first() -> N
     long = "x" * 120
     m.restore([Member(f"n{i:05d}{long}", "a" * 250, 0, ALIVE if i % 2 else DEAD, b"m" * 512)
                for i in range(9000)], 0.0)
-    effects = m.receive("q:1", MemberPushPull("q", "q:1", False, False, ()), 0.0)
+    effects = m.receive("q:1", MemberPushPull("q", "q:1", False, False,
+                                              (Alive("q", "q:1", 0, b""),)), 0.0)
     [reply] = [s for s in sends(effects) if s.reliable]
     assert isinstance(reply.msg, MemberPushPull)
     assert encoded_size(reply.msg) <= limits.MAX_STREAM_MESSAGE_BYTES
-    rows = reply.msg.members
+    rows = reply.msg.statements
     assert rows[0].node_id == "me"
-    assert sum(r.status is ALIVE for r in rows) == 4500 + 1  # every live member, and us
+    live = {f"n{i:05d}" for i in range(1, 9000, 2)}
+    assert live <= {r.node_id[:6] for r in rows}  # every live member, and us
 
 
 def test_introduce_sends_one_join_push_pull_and_keeps_the_seeds() -> None:

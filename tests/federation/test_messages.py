@@ -19,7 +19,6 @@ from federation.messages import (
     ItemKind,
     ItemRef,
     Left,
-    Member,
     MemberPushPull,
     MemberStatus,
     Message,
@@ -52,17 +51,18 @@ h32 = st.binary(min_size=32, max_size=32)
 kind = st.sampled_from(list(ItemKind))
 status = st.sampled_from(list(MemberStatus))
 
-pings = st.builds(Ping, uint, node_id, address, node_id)
+sig = st.sampled_from([b"", b"\x01" * 64])
+pings = st.builds(Ping, uint, node_id, address, node_id, st.sampled_from(["", "relay-for"]))
 ping_reqs = st.builds(PingReq, uint, node_id, address, node_id, address, st.booleans())
-acks = st.builds(Ack, uint, node_id)
+acks = st.builds(Ack, uint, node_id, st.sampled_from(["", "x"]), sig)
 nacks = st.builds(Nack, uint, node_id)
-alives = st.builds(Alive, node_id, address, uint, meta)
-suspects = st.builds(Suspect, node_id, uint, node_id)
-deads = st.builds(Dead, node_id, uint, node_id)
-lefts = st.builds(Left, node_id, uint)
-members = st.builds(Member, node_id, address, uint, status, meta)
+alives = st.builds(Alive, node_id, address, uint, meta, sig)
+suspects = st.builds(Suspect, node_id, uint, node_id, sig)
+deads = st.builds(Dead, node_id, uint, node_id, sig)
+lefts = st.builds(Left, node_id, uint, sig)
+statements = st.one_of(alives, suspects, deads, lefts)
 push_pulls = st.builds(MemberPushPull, node_id, address, st.booleans(), st.booleans(),
-                       st.lists(members, max_size=5).map(tuple))
+                       st.lists(statements, max_size=5).map(tuple))
 items = st.builds(Item, node_id, kind, text, uint, st.binary(max_size=64))
 refs = st.builds(ItemRef, node_id, kind, text)
 entries = st.builds(DigestEntry, node_id, kind, text, uint, h32)
@@ -173,8 +173,8 @@ def test_refuses_non_minimal_varint_and_bad_flag() -> None:
 
 
 def test_refuses_invalid_utf8_unknown_enum_and_bad_hash_length() -> None:
-    ack = encode(Ack(1, "ab"))
-    _bad(ack[:-2] + b"\xff\xfe", "UTF-8")
+    nack = encode(Nack(1, "ab"))
+    _bad(nack[:-2] + b"\xff\xfe", "UTF-8")
     item = encode(Item("o", ItemKind.POLICY_BUNDLE, "k", 1, b""))
     kind_at = item.index(bytes([int(ItemKind.POLICY_BUNDLE)]), 4)
     _bad(item[:kind_at] + b"\x63" + item[kind_at + 1:], "ItemKind")

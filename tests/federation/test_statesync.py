@@ -49,10 +49,26 @@ class Recorder(AcceptNewer):
         return super().validate(item, current)
 
 
+class Directory:
+    """Peers whose signed address is "<name>:1" for node "node-<name>"; no anti-entropy."""
+
+    def random_peer_address(self) -> str | None:
+        return None
+
+    def num_nodes(self) -> int:
+        return 2
+
+    def address_of(self, node_id: str) -> str | None:
+        return f"{node_id.removeprefix('node-')}:1" if node_id.startswith("node-") else None
+
+
 def store(name: str = "a", validator: statesync.Validator | None = None,
           page: int = 512) -> StateSync:
-    return StateSync(f"node-{name}", f"{name}:1", GossipConfig(digest_page_entries=page),
-                     validator or AcceptNewer(), random.Random(name))
+    s = StateSync(f"node-{name}", f"{name}:1", GossipConfig(digest_page_entries=page,
+                                                          anti_entropy_interval=0.0),
+                  validator or AcceptNewer(), random.Random(name))
+    s.set_peers(Directory())
+    return s
 
 
 def item(version: int, value: bytes = b"v", key: str = "policy", kind: ItemKind = POLICY,
@@ -250,6 +266,9 @@ def test_tick_sends_a_digest_to_a_random_peer_once_per_period() -> None:
         def num_nodes(self) -> int:
             return 10
 
+        def address_of(self, node_id: str) -> str | None:
+            return None
+
     s = StateSync("node-a", "a:1", GossipConfig(anti_entropy_interval=30.0), AcceptNewer(),
                   random.Random(1), Peers())
     assert s.tick(0.0) == []  # first tick picks a random phase
@@ -265,3 +284,17 @@ def test_tick_sends_a_digest_to_a_random_peer_once_per_period() -> None:
 def test_reject_helpers() -> None:
     assert Reject("x").reason == "x"
     assert statesync.Accept() == ACCEPT
+
+
+def test_answers_go_to_the_senders_signed_address_never_to_the_one_it_names() -> None:
+    a = store("a")
+    a.put(item(3, b"A"), 0.0)
+    digest = StateDigest("node-b", "203.0.113.7:443", None, None, ())
+    sends = [e for e in a.receive("x:1", digest, 0.0) if isinstance(e, Send)]
+    assert sends and {s.to for s in sends} == {"b:1"}  # node-b's signed address
+    stranger = StateDigest("stranger", "203.0.113.7:443", None, None, ())
+    assert a.receive("x:1", stranger, 0.0) == []  # not a member: no address to answer
+    assert a.stats["unknown_source"] == 1
+    want = DigestEntry("authority", POLICY, "policy", 3,
+                       hashlib.sha256(b"A").digest())
+    assert a.receive("x:1", StateRequest("stranger", "203.0.113.7:443", (want,)), 0.0) == []
