@@ -56,7 +56,9 @@ from node.metrics import Metrics
 from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
 from node.peer import query as peer_query
+from node.peerclient import PeerClients, audit_sink
 from node.probe import probe, probe_gpus
+from node.pull import admin_route as pull_route
 from node.pull import peer_routes as pull_routes
 from node.replication import replicate_forever
 from node.store import Store, StoreError, get_doc
@@ -165,6 +167,7 @@ class Daemon:
     peer_listen: str = ""
     admin: AdminApp | None = None
     credentials: PeerCredentials | None = None
+    peer_clients: PeerClients | None = None  # every outbound peer connection (node.peerclient)
     peer_app: PeerApp | None = None
     cluster: Cluster | None = None
     discovery: Any = None
@@ -242,11 +245,9 @@ class Daemon:
         if applied.kind == "revocation" and self.credentials is not None:
             held = await revocations(self.store, self.data_dir)
             if held is not None:
-                self.credentials.update_revocations(held)
+                self.credentials.update_revocations(held)  # and the peer clients subscribed
                 if self.cluster is not None:
                     self.cluster.update_revocations(held)
-                if self.router is not None:
-                    await self.router.reset_client()
         if applied.kind == "policy":
             self.use_policy(applied.version)
         if self.cluster is not None:
@@ -267,8 +268,8 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.router is not None:
-            await self.router.close()
+        if self.peer_clients is not None:
+            await self.peer_clients.close()
         await self.host.close()
         if self.host.backend is not None:
             await self.host.backend.close()
@@ -406,6 +407,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
 
         admin.route("GET", "/peers", peers)
         admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(daemon))
+        admin.route("POST", "/models/pull", pull_route(daemon))
         admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(daemon))
 
         async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
@@ -423,13 +425,14 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                 (data_dir / NODE_CERT).read_bytes(), key_path(data_dir).read_bytes(),
                 (data_dir / AUTHORITY_CERT).read_bytes(), await revocations(store, data_dir),
             )
+            daemon.peer_clients = PeerClients.of(daemon.credentials,
+                                                 audit_sink(audit, daemon.spawn))
             peer_sock = bind_tcp(config.node.peer_listen, key="node.peer_listen")
             daemon.peer_app = _peer_app(daemon)
             peer_routes(daemon)
             pull_routes(daemon)
             daemon.servers.append(await _start_server(
-                daemon.peer_app, peer_sock, drain,
-                tls=daemon.credentials.listening_context(),
+                daemon.peer_app, peer_sock, drain,  # TLS starts in the protocol (node.peer)
                 protocol=protocol_class(daemon.credentials),
             ))
             peer_host, peer_port = peer_sock.getsockname()[:2]

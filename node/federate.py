@@ -50,6 +50,7 @@ def advertised_address(configured: str, peer_listen: str) -> str:
 
 async def start_federation(daemon: Daemon, key: Any) -> Cluster:
     assert daemon.identity is not None and daemon.credentials is not None
+    assert daemon.peer_clients is not None
     config = daemon.config
     presets = {"lan": ClusterConfig.lan, "wan": ClusterConfig.wan, "local": ClusterConfig.local}
     address = advertised_address(config.federation.advertise, daemon.peer_listen)
@@ -63,8 +64,10 @@ async def start_federation(daemon: Daemon, key: Any) -> Cluster:
         # None in-process. describe() is cached by the backend, never a Ray round trip.
         cluster = backend.describe().get("cluster") if backend is not None else None
         return {
+            # sha256 and size are what a puller verifies a transfer against (node.pull)
             "models": [{"name": s.record.name, "version": s.record.version,
-                        "sha256": s.record.sha256, "provider": s.model.provider}
+                        "sha256": s.record.sha256, "size": s.record.size,
+                        "provider": s.model.provider}
                        for s in served],
             "queue": sum(s.model.queue_depth for s in served),
             "load": round(_load1(), 2),
@@ -107,7 +110,7 @@ async def start_federation(daemon: Daemon, key: Any) -> Cluster:
         address=address,
         config=presets[config.federation.preset](),
         seeds=list(config.federation.seeds),
-        client_tls=daemon.credentials.client,
+        peers=daemon.peer_clients,
         advert_body=advert_body,
         on_document=on_document,
         on_equivocation=on_equivocation,
@@ -175,8 +178,6 @@ async def _persist_document(daemon: Daemon, kind: str, version: int, body: bytes
             read_revocation_list(body, daemon.credentials.authority_pem))
     if kind == "policy":
         daemon.use_policy(version)
-    if kind == "revocation" and daemon.router is not None:
-        await daemon.router.reset_client()
     fields = Applied(kind, version, f"{kind} v{version} received by gossip").audit_fields()
     fields["caller"] = f"gossip:{source}" if source else "gossip"
     await daemon.audit.append(daemon.audit.record(f"{kind}.apply", **fields))

@@ -18,9 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from federation.canonical import b64decode
 from federation.errors import FederationError
@@ -28,6 +26,7 @@ from federation.merkle import CompactRange, leaf_hash
 from federation.messages import ItemKind
 from federation.note import Checkpoint, Verifier
 from federation.policy_engine import NodeAttrs
+from node.peerclient import PeerClients, PeerError
 
 if TYPE_CHECKING:
     from node.daemon import Daemon
@@ -37,6 +36,8 @@ log = logging.getLogger("outpost.replication")
 # Entries fetched per request: bounds one response (~1 KiB an entry) while keeping a long
 # catch-up to a few hundred round trips per million entries.
 PAGE = 2000
+# Seconds one page of entries may take to arrive (a page is ~2 MiB at most).
+REQUEST_TIMEOUT_S = 30.0
 
 
 async def replicate_forever(daemon: Daemon) -> None:
@@ -51,8 +52,8 @@ async def replicate_forever(daemon: Daemon) -> None:
 
 async def replicate_once(daemon: Daemon) -> int:
     """One round over every alive peer this node may collect from; returns entries added."""
-    cluster, router, me = daemon.cluster, daemon.router, daemon.identity
-    if cluster is None or router is None or me is None or daemon.engine.bundle is None:
+    cluster, peers, me = daemon.cluster, daemon.peer_clients, daemon.identity
+    if cluster is None or peers is None or me is None or daemon.engine.bundle is None:
         return 0
     collector = NodeAttrs(**me.attributes())
     added = 0
@@ -68,28 +69,40 @@ async def replicate_once(daemon: Daemon) -> int:
         if address is None or verifier is None or ident is None:
             continue
         try:
-            added += await _pull(daemon, router.client(), address, verifier, ident.origin,
-                                 candidate.node_id)
-        except (httpx.HTTPError, FederationError, ValueError, KeyError) as exc:
+            added += await _pull(daemon, _Origin(peers, candidate.node_id, address), verifier,
+                                 ident.origin)
+        except (PeerError, FederationError, ValueError, KeyError) as exc:
             log.warning("replicating %s failed: %s", candidate.node_id, exc)
     return added
 
 
-async def _pull(daemon: Daemon, http: httpx.AsyncClient, address: str, verifier: Verifier,
-                origin: str, node_id: str) -> int:
-    base = f"https://{address}/peer/v1/audit"
+class _Origin:
+    """GET requests to the origin node, over a connection that proves it is that node."""
+
+    def __init__(self, peers: PeerClients, node_id: str, address: str) -> None:
+        self.peers, self.node_id, self.address = peers, node_id, address
+
+    async def get(self, view: str, **params: int) -> Any:
+        response = await self.peers.request(
+            self.node_id, self.address, "GET", f"/peer/v1/audit/{view}", params=params,
+            purpose="replication", timeout_s=REQUEST_TIMEOUT_S)
+        if response.status != 200:
+            raise ValueError(f"{self.node_id} answered {response.status} to {view}: "
+                             f"{response.error()}")
+        return response.json()
+
+
+async def _pull(daemon: Daemon, origin_node: _Origin, verifier: Verifier, origin: str) -> int:
+    node_id = origin_node.node_id
     held_size, held_note = await _held(daemon, origin)
-    response = await http.get(f"{base}/checkpoint")
-    response.raise_for_status()
-    note = response.json()["checkpoint"]
+    note = (await origin_node.get("checkpoint"))["checkpoint"]
     checkpoint = Checkpoint.open(note, verifier)
     if checkpoint.size <= held_size:
         return 0
     frontier: list[bytes] = []
     if held_size:
-        r = await http.get(f"{base}/frontier", params={"size": held_size})
-        r.raise_for_status()
-        frontier = [b64decode(h, length=32, what="frontier hash") for h in r.json()["hashes"]]
+        answer = await origin_node.get("frontier", size=held_size)
+        frontier = [b64decode(h, length=32, what="frontier hash") for h in answer["hashes"]]
         held_root = Checkpoint.open(held_note or "", verifier).root_hash
         if CompactRange(held_size, frontier).root() != held_root:
             raise ValueError(f"{node_id}'s log does not extend the copy held here (fork?)")
@@ -97,10 +110,8 @@ async def _pull(daemon: Daemon, http: httpx.AsyncClient, address: str, verifier:
     entries: list[bytes] = []
     start = held_size
     while start < checkpoint.size:
-        r = await http.get(f"{base}/entries",
-                           params={"start": start, "end": min(start + PAGE, checkpoint.size)})
-        r.raise_for_status()
-        page = r.json()
+        page = await origin_node.get("entries", start=start,
+                                     end=min(start + PAGE, checkpoint.size))
         if not page:
             raise ValueError(f"{node_id} sent no entries from {start}")
         for row in page:

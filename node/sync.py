@@ -30,6 +30,10 @@ Blobs are streamed: the signed head is read and verified first (``read_head``), 
 model is copied to a temporary file in the blob directory while it is hashed; nothing is
 applied until every blob matched the signed manifest and the file ended exactly after the
 last one — the same all-or-nothing check as ``read_bundle``, without holding models in RAM.
+
+Models are subject to ``model.pull`` as on the network: the importing node adds a model only
+when the policy in force (the bundle's own, if newer) lets this node, with its attested
+attributes, have that model; a denied model is reported and audited, never added.
 """
 
 from __future__ import annotations
@@ -749,8 +753,14 @@ async def _import(node: _Node, path: Path) -> dict[str, Any]:
                     if row.status == MergeStatus.APPEND.value:
                         row.status = "appended"
                 done["entries"] = sum(len(m.entries) for m in appends)
+            allowed = await _pull_decider(db, node.data_dir) if any(
+                m["status"] == "add" for m in model_rows) else None
             for m in model_rows:
-                if m["status"] == "add":
+                if m["status"] == "add" and allowed is not None:
+                    refusal = allowed(m["name"], m["version"])
+                    if refusal is not None:
+                        m["status"], m["reason"] = "denied", refusal
+                        continue
                     record = await node.host.add(files[(m["name"], m["version"])], m["name"],
                                                  m["version"])
                     m["status"] = "added"
@@ -762,10 +772,11 @@ async def _import(node: _Node, path: Path) -> dict[str, Any]:
         finally:
             changed = (done["policy"] is not None or done["revocations"] is not None
                        or done["entries"] > 0 or done["models"] > 0)
+            denied = sum(1 for m in model_rows if m["status"] == "denied")
             audit_index = None
-            if changed or conflicts:
+            if changed or conflicts or denied:
                 audit_index = await node.audit.append(
-                    _audit_entry(node.audit, bundle, rows, done, len(conflicts)))
+                    _audit_entry(node.audit, bundle, rows, done, len(conflicts), denied))
     finally:
         for tmp in files.values():
             with contextlib.suppress(FileNotFoundError):
@@ -774,7 +785,7 @@ async def _import(node: _Node, path: Path) -> dict[str, Any]:
     problems = [f"{r.origin}: {r.status}: {r.reason}" for r in rows
                 if r.status in (MergeStatus.CONFLICT.value, MergeStatus.GAP.value)]
     problems += [f"model {m['name']}:{m['version']}: {m['reason']}" for m in model_rows
-                 if m["status"] == "conflict"]
+                 if m["status"] in ("conflict", "denied")]
     return {
         "bundle": bundle.digest,
         "from": bundle.exporter.node_id,
@@ -867,9 +878,35 @@ async def _append_replicas(
         ) from exc
 
 
+async def _pull_decider(db: Store, data_dir: Path) -> Callable[[str, str], str | None]:
+    """``model.pull`` as the network path decides it, for this node taking a model from a
+    bundle: principal = this node's attested attributes, under the policy held now (the
+    bundle's own, when it brought a newer one). Returns None (allowed) or the refusal."""
+    from federation.policy_engine import NodeAttrs, PolicyEngine
+    from node.enrollment import policy_bundle
+
+    engine = PolicyEngine()
+    held = await get_doc(db, "policy")
+    if held is not None:
+        engine.apply(policy_bundle(held[1], data_dir))
+    ident = load_identity(data_dir)
+    if ident is None:
+        raise EnrollmentError("this node is not enrolled; run `outpost join CERT` first")
+    me = NodeAttrs(**ident.attributes())
+
+    def refusal(name: str, version: str) -> str | None:
+        decision = engine.decide_model_pull(me, name, version)
+        if decision.allowed:
+            return None
+        return (f"policy does not let {me.node_id} have {name}:{version} (model.pull, as for a "
+                f"network pull): {'; '.join(decision.reasons) or 'denied'}; not added")
+
+    return refusal
+
+
 def _audit_entry(
     audit: AuditLog, bundle: VerifiedBundle, rows: Sequence[_LogRow], done: Mapping[str, Any],
-    conflicts: int,
+    conflicts: int, denied: int = 0,
 ) -> AuditEntry:
     appended = [r for r in rows if r.status == "appended"]
     parts = []
@@ -882,6 +919,8 @@ def _audit_entry(
         parts.append(f"{done['models']} model(s)")
     if conflicts:
         parts.append(f"{conflicts} log(s) refused as conflicting")
+    if denied:
+        parts.append(f"{denied} model(s) refused by model.pull policy")
     reason = f"sync bundle from {bundle.exporter.node_id}: " + ", ".join(parts)
     if len(reason) > 1024:
         reason = reason[:1021] + "..."
@@ -900,5 +939,6 @@ def _audit_entry(
             "revocations": done["revocations"],
             "models": int(done["models"]),
             "conflicts": conflicts,
+            "models_denied": denied,
         },
     )
