@@ -62,7 +62,8 @@ class Interposer:
         self.blob = blob
         self.mode = "relay"
         self.claim: str | None = None  # the sha256 its metadata claims (default: the blob's)
-        self.handshakes = 0  # TLS handshakes the attacker completed while impersonating
+        self.connections = 0  # TCP connections it took while impersonating
+        self.handshakes = 0  # of those, TLS handshakes that completed on its side
         self.app_bytes = 0  # application bytes that reached it while impersonating
         self.requests: list[str] = []  # request lines it was sent while impersonating
         self._ctx = hostile.server_context()
@@ -179,6 +180,8 @@ class Interposer:
             up.close()
 
     def _impersonate(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
         conn.settimeout(5)
         try:
             tls = self._ctx.wrap_socket(conn, server_side=True)
