@@ -52,6 +52,12 @@ KEEPALIVE_S = 60.0
 CONNECT_TIMEOUT_S = 2.0
 # After a revocation update the old pool lets requests already in flight finish this long.
 RETIRE_AFTER_S = 30.0
+# The same refusal (chosen node, node that answered, address, purpose) is logged and audited
+# at most once in this many seconds: gossip retries a stale address every round, and the
+# trail should say what happened, not grow by an entry per retry.
+REFUSAL_REPEAT_S = 60.0
+# Distinct refusals remembered for that de-duplication (oldest forgotten first).
+MAX_REMEMBERED_REFUSALS = 1024
 
 
 class PeerError(Exception):
@@ -133,7 +139,7 @@ class _VerifyingConnector(aiohttp.TCPConnector):
         except _Refused as exc:
             transport.abort()
             raise _WrongPeer(req.connection_key, exc.refusal) from None
-        protocol.outpost_peer = identity
+        protocol.outpost_peer = identity  # type: ignore[attr-defined]  # read by stream()
         return transport, protocol
 
 
@@ -156,6 +162,7 @@ class PeerClients:
         self._session: aiohttp.ClientSession | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self.refused = 0  # connections refused so far (shown in tests and metrics)
+        self._reported: dict[tuple[str | None, str | None, str, str], float] = {}
 
     @classmethod
     def of(cls, credentials: Any, audit_sink: AuditSink) -> PeerClients:
@@ -221,11 +228,19 @@ class PeerClients:
         refusal = Refusal(refusal.expected, refusal.presented, refusal.address, purpose,
                           refusal.reason)
         self.refused += 1
-        log.warning("%s", refusal.describe())
-        try:
-            self._audit_sink(refusal)
-        except Exception:  # the refusal stands whether or not it could be recorded
-            log.exception("could not record a refused peer connection")
+        key = (refusal.expected, refusal.presented, refusal.address, purpose)
+        now = time.monotonic()
+        last = self._reported.get(key)
+        if last is None or now - last >= REFUSAL_REPEAT_S:
+            self._reported.pop(key, None)
+            self._reported[key] = now
+            while len(self._reported) > MAX_REMEMBERED_REFUSALS:
+                del self._reported[next(iter(self._reported))]
+            log.warning("%s", refusal.describe())
+            try:
+                self._audit_sink(refusal)
+            except Exception:  # the refusal stands whether or not it could be recorded
+                log.exception("could not record a refused peer connection")
         return PeerRefused(refusal)
 
     # -- requests ------------------------------------------------------------------------------
