@@ -253,11 +253,15 @@ def export_bundle(
     *,
     since: Mapping[str, int] | None = None,
     include_models: bool = False,
+    receiver_cert: bytes | None = None,
 ) -> dict[str, Any]:
     """Write a sync bundle of this node to ``out``; returns what it carries.
 
     ``since`` maps a log origin (or a bare node id of this federation) to the size the
-    receiver already holds; that log's section then starts there. Reads only: safe with the
+    receiver already holds; that log's section then starts there. ``receiver_cert`` (the
+    receiving node's certificate PEM) makes this node decide ``model.pull`` for it, as it
+    would for that node pulling over the network: models it may not have stay home (listed in
+    ``models_left_out``). Without it the importing node decides. Reads only: safe with the
     daemon running.
     """
     key = load_key(data_dir)
@@ -271,7 +275,7 @@ def export_bundle(
     wanted = _expand_since(since or {}, ident.federation)
     cert_pem = (data_dir / NODE_CERT).read_bytes()
     result: dict[str, Any] = asyncio.run(
-        _export(data_dir, out, key, ident, ca, cert_pem, wanted, include_models)
+        _export(data_dir, out, key, ident, ca, cert_pem, wanted, include_models, receiver_cert)
     )
     return result
 
@@ -295,6 +299,7 @@ async def _export(
     cert_pem: bytes,
     since: dict[str, int],
     include_models: bool,
+    receiver_cert: bytes | None = None,
 ) -> dict[str, Any]:
     store = await Store.open(data_dir)
     try:
@@ -318,6 +323,18 @@ async def _export(
         policy = await get_doc(store, "policy")
         crl_doc = await get_doc(store, "revocation")
         records = await store.list_models() if include_models else []
+        models_left_out: list[dict[str, str]] = []
+        if records and receiver_cert is not None:
+            refusal = _receiver_decider(receiver_cert, ca, crl, policy[1] if policy else None,
+                                        data_dir)
+            kept = []
+            for r in records:
+                reason = refusal(r.name, r.version)
+                if reason is None:
+                    kept.append(r)
+                else:
+                    models_left_out.append({"model": f"{r.name}:{r.version}", "reason": reason})
+            records = kept
     finally:
         await store.close()
     refs = [ModelRef(r.name, r.version, r.sha256, r.size) for r in records]
@@ -355,6 +372,7 @@ async def _export(
         "models": [{"name": r.name, "version": r.version, "sha256": r.sha256, "size": r.size}
                    for r in refs],
         "left_out": left_out,
+        "models_left_out": models_left_out,
     }
 
 
@@ -876,6 +894,31 @@ async def _append_replicas(
             f"cannot store the replicas in {db.path} ({exc}); check disk space, or run "
             "`outpost bundle import` again"
         ) from exc
+
+
+def _receiver_decider(cert_pem: bytes, ca: bytes, crl: RevocationList | None,
+                      policy: bytes | None, data_dir: Path) -> Callable[[str, str], str | None]:
+    """``model.pull`` as this node decides it for the node of ``cert_pem`` pulling over the
+    network (principal = that node's attested attributes, this node's policy)."""
+    from federation.policy_engine import NodeAttrs, PolicyEngine
+    from node.enrollment import policy_bundle
+
+    receiver = NodeIdentity.from_certificate(cert_pem, ca, now())
+    if crl is not None:
+        crl.check(receiver)
+    engine = PolicyEngine()
+    if policy is not None:
+        engine.apply(policy_bundle(policy, data_dir))
+    them = NodeAttrs(**receiver.attributes())
+
+    def refusal(name: str, version: str) -> str | None:
+        decision = engine.decide_model_pull(them, name, version)
+        if decision.allowed:
+            return None
+        return (f"policy does not let {them.node_id} have {name}:{version} (model.pull): "
+                f"{'; '.join(decision.reasons) or 'denied'}; left out")
+
+    return refusal
 
 
 async def _pull_decider(db: Store, data_dir: Path) -> Callable[[str, str], str | None]:

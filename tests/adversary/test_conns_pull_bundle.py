@@ -1,6 +1,7 @@
 """Issue 10, rows 4 and 14: a model's expected SHA-256 comes from its holder's signed advert,
 never from the serving peer's reply; models carried in sync bundles obey ``model.pull`` as on
-the network. Real mutual TLS against a scripted hostile enrolled node, real CLI and SQLite."""
+the network (the importing node decides for itself; an export for a named receiver decides as
+the holder would for that node's pull). Real mutual TLS against a scripted hostile enrolled node, real CLI and SQLite."""
 
 from __future__ import annotations
 
@@ -115,3 +116,18 @@ def test_bundle_import_applies_model_pull_policy_like_the_network(tmp_path: Path
     assert imported["models"][0]["status"] == "added"
     [held] = json.loads(outpost("models", "list", "--json", data_dir=onprem).stdout)
     assert held["sha256"] == hashlib.sha256(DIGITS.read_bytes()).hexdigest()
+
+    # Exporting for a named receiver, the holder decides as it would for a network pull.
+    for_edge = tmp_path / "for-edge.outpost"
+    result = bundle("export", "-o", str(for_edge), "--models", "--to", str(edge / "node.crt"),
+                    "--json", data_dir=holder)
+    exported = json.loads(result.stdout)
+    assert exported["models"] == []
+    assert [m["model"] for m in exported["models_left_out"]] == ["digits:1"]
+    assert "model.pull" in exported["models_left_out"][0]["reason"]
+    assert "left out model digits:1" in result.stderr
+    for_onprem = tmp_path / "for-onprem.outpost"
+    exported = json.loads(bundle("export", "-o", str(for_onprem), "--models", "--to",
+                                 str(onprem / "node.crt"), "--json", data_dir=holder).stdout)
+    assert [m["name"] for m in exported["models"]] == ["digits"]
+    assert exported["models_left_out"] == []
