@@ -9,13 +9,15 @@ Must never: let a request through before the caller's certificate verified again
 authority and the revocation list in force, or keep serving a revoked peer.
 
 Why TLS starts in the protocol, not in the listener: the listener accepts plain TCP and each
-connection's protocol calls ``loop.start_tls`` with the server context in force at that moment.
-A context handed to the listener is fixed when it starts listening, and swapping contexts per
-handshake (an SNI callback) does not carry the verification flags: OpenSSL copies them from the
-listener's context when the connection is created, so a node that started without a revocation
-list would never check one that arrived later — the handshake would complete and the peer be cut
-afterwards. This way a certificate revoked by serial fails *in the handshake* (the client reads
-the alert "certificate revoked"), from the first handshake after the update. A peer revoked by
+connection's protocol puts the loop's own TLS protocol under it (as ``create_server(ssl=...)``
+would) with the server context in force at that moment. A context handed to the listener is
+fixed when it starts listening, and swapping contexts per handshake (an SNI callback) does not
+carry the verification flags: OpenSSL copies them from the listener's context when the
+connection is created, so a node that started without a revocation list never checked one that
+arrived later — the handshake completed and the peer was cut afterwards. This way a certificate
+revoked by serial fails *in the handshake*, from the first handshake after the update (logged as
+``peer refused in the TLS handshake: ... certificate revoked``; in TLS 1.3 the client has sent
+its Finished by then, so it sees the connection closed before any answer). A peer revoked by
 node id only (the authority recorded no serial) is cut right after the handshake, before a
 request is read. A connection opened before the revocation arrived stays open; every request on
 it is refused from then on (403).

@@ -45,9 +45,12 @@ log = logging.getLogger("outpost.peerclient")
 
 # Warm connections kept per pool (all peers together): a busy forwarder holds a few per peer.
 POOL_LIMIT = 256
-# Seconds an idle pooled connection stays open: the forwarding hot path reuses it instead of
-# paying a handshake per request.
-KEEPALIVE_S = 60.0
+# Seconds an idle pooled connection stays open. Forwarding (the hot path) reuses it instead of
+# paying a handshake per request; everything else (gossip, replication, pulls) runs every few
+# seconds at most, and a short expiry keeps it from reusing a connection that died silently
+# (a pulled cable: no FIN, no RST) right when the peer comes back and must be caught up.
+KEEPALIVE_S = {"forward": 60.0}
+OTHER_KEEPALIVE_S = 5.0
 # Seconds to set up a TCP connection and TLS; a peer slower than this is counted unreachable.
 CONNECT_TIMEOUT_S = 2.0
 # After a revocation update the old pool lets requests already in flight finish this long.
@@ -159,7 +162,7 @@ class PeerClients:
         self.revocations = revocations
         self._audit_sink = audit_sink
         self._context = self._build_context()
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[float, aiohttp.ClientSession] = {}  # by keep-alive seconds
         self._retiring: set[asyncio.Task[None]] = set()
         self.refused = 0  # connections refused so far (shown in tests and metrics)
         self._reported: dict[tuple[str | None, str | None, str, str], float] = {}
@@ -184,9 +187,9 @@ class PeerClients:
         requests on them may finish for :data:`RETIRE_AFTER_S`)."""
         self.revocations = revocations
         self._context = self._build_context()
-        old, self._session = self._session, None
-        if old is not None:
-            task = asyncio.get_running_loop().create_task(self._retire(old))
+        old, self._sessions = self._sessions, {}
+        for session in old.values():
+            task = asyncio.get_running_loop().create_task(self._retire(session))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
@@ -214,15 +217,17 @@ class PeerClients:
             raise _Refused(Refusal(expected, identity.node_id, address, "connect",
                                    str(exc))) from None
 
-    def _pool(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
+    def _pool(self, purpose: str) -> aiohttp.ClientSession:
+        keepalive = KEEPALIVE_S.get(purpose, OTHER_KEEPALIVE_S)
+        session = self._sessions.get(keepalive)
+        if session is None:
+            session = self._sessions[keepalive] = aiohttp.ClientSession(
                 connector=_VerifyingConnector(self._verify, ssl=self._context, limit=POOL_LIMIT,
-                                              keepalive_timeout=KEEPALIVE_S),
+                                              keepalive_timeout=keepalive),
                 # aiohttp would otherwise decompress bodies itself; peers send raw bytes.
                 auto_decompress=False,
             )
-        return self._session
+        return session
 
     def _refused(self, refusal: Refusal, purpose: str) -> PeerRefused:
         refusal = Refusal(refusal.expected, refusal.presented, refusal.address, purpose,
@@ -263,7 +268,7 @@ class PeerClients:
                                         sock_connect=min(CONNECT_TIMEOUT_S, timeout_s))
         who = node_id or "peer"
         try:
-            response = await self._pool().request(
+            response = await self._pool(purpose).request(
                 method, url, data=body, headers=dict(headers or {}), params=params,
                 timeout=timeout, server_hostname=node_id,
             )
@@ -311,9 +316,9 @@ class PeerClients:
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
 
 __all__ = ["PeerClients", "PeerError", "PeerRefused", "PeerResponse", "PeerUnreachable",

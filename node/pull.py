@@ -171,8 +171,12 @@ async def download(source: Source, partial_dir: Path, peers: PeerClients, *,
         if meta.status != 200:
             raise PullError(f"{source.node_id}: {meta.error()}",
                             403 if meta.status == 403 else 502)
-        answer = meta.json()
-        claimed, size = answer.get("sha256"), answer.get("size")
+        try:
+            answer = meta.json()
+            claimed, size = answer.get("sha256"), answer.get("size")
+        except (ValueError, AttributeError):
+            raise PullError(f"{who} answered something that is not the model's metadata; "
+                            "refused") from None
         if claimed != source.sha256:
             raise PullError(
                 f"{who} offers {source.name}:{source.version} with sha256 {str(claimed)[:16]}…, "
