@@ -143,6 +143,8 @@ def test_edge_refuses_a_node_posing_as_onprem_and_personal_data_still_reaches_on
     assert entry["detail"]["address"] == mitm.address
     assert "not the expected 'onprem'" in entry["reason"]
     assert any("refused the connection to onprem" in line for line in world.fed.procs["edge"].log)
+    failed = [e for e in audit(edge) if e["kind"] == "forward" and e["decision"] == "failed"]
+    assert "not that node" in failed[-1]["reason"]  # the trail says why nothing was sent
     # personal data never went to the cloud instead
     assert all(e.get("data_class") != "personal" for e in audit(world.dir("cloud"))
                if e["kind"] == "infer")
