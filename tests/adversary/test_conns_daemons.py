@@ -97,9 +97,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for name in ("edge", "onprem", "cloud"):
             fed.start(name)
         outpost("policy", "apply", str(signed), data_dir=edge)
-        for name in ("edge", "onprem", "cloud"):
-            eventually(lambda n=name: status(fed.dirs[n])["policy_version"] == 1,
-                       what=f"policy on {name}")
+        def policy_everywhere() -> bool:
+            return all(status(fed.dirs[n])["policy_version"] == 1
+                       for n in ("edge", "onprem", "cloud"))
+
+        eventually(policy_everywhere, what="policy v1 on every node")
 
         def edge_sees_holders() -> bool:
             view = peers(edge)
