@@ -51,9 +51,12 @@ def bundle() -> None:
               help="The receiver holds this log up to SIZE: carry only what follows "
                    "(ORIGIN as `outpost/FED/NODE` or just NODE); repeatable.")
 @click.option("--models", "include_models", is_flag=True, help="Carry this node's models too.")
+@click.option("--to", "receiver", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The receiving node's certificate: carry only the models model.pull lets "
+                   "it have (else the importing node decides).")
 @json_option
 def export(data_dir: Path, output: Path, since: tuple[str, ...], include_models: bool,
-           as_json: bool) -> None:
+           receiver: Path | None, as_json: bool) -> None:
     """Write a signed sync bundle: this node's log, the logs it holds for other nodes, the
     policy bundle and revocation list in force (and models with --models). Works with the
     daemon running."""
@@ -61,7 +64,8 @@ def export(data_dir: Path, output: Path, since: tuple[str, ...], include_models:
 
     with out.errors():
         result = export_bundle(data_dir, output, since=_since(since),
-                               include_models=include_models)
+                               include_models=include_models,
+                               receiver_cert=receiver.read_bytes() if receiver else None)
     if as_json:
         out.print_json(result)
     else:
@@ -77,6 +81,9 @@ def export(data_dir: Path, output: Path, since: tuple[str, ...], include_models:
             click.echo(f"  model {model['name']}:{model['version']} ({model['size']} bytes)")
     for left in result["left_out"]:
         click.echo(f"outpost: warning: left out {left['origin']}: {left['reason']}", err=True)
+    for left in result.get("models_left_out", []):
+        click.echo(f"outpost: warning: left out model {left['model']}: {left['reason']}",
+                   err=True)
 
 
 @bundle.command("import")

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from federation import envelope
 from federation.audit import EquivocationEvidence
 from federation.config import ClusterConfig
@@ -99,7 +97,7 @@ class ClusterDeps:
     address: str  # host:port advertised for UDP and HTTPS
     config: ClusterConfig
     seeds: list[str]
-    client_tls: Callable[[], Any]
+    peers: Any  # node.peerclient.PeerClients: every outbound TLS connection goes through it
     advert_body: Callable[[], dict[str, Any]]
     on_document: Callable[[str, int, bytes, str | None], Any]  # kind, version, body, source
     on_equivocation: Callable[[EquivocationEvidence], Any]
@@ -135,9 +133,7 @@ class Cluster(asyncio.DatagramProtocol):
         self.tls_peers: dict[str, _Peer] = {}
         self.equivocations: list[EquivocationEvidence] = []
         self._udp: asyncio.DatagramTransport | None = None
-        self._http: httpx.AsyncClient | None = None
-        self._http_tls: Any = None  # the client TLS context self._http was built with
-        self._retired: set[asyncio.Task[None]] = set()
+        self._by_address: dict[str, str] = {}  # address -> member node id (a lookup cache)
         # Addresses of members whose certificate is revoked: nothing is sent there.
         self._revoked_addresses: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
@@ -161,7 +157,6 @@ class Cluster(asyncio.DatagramProtocol):
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=(udp_host, udp_port)
         )
-        self._client()
         now = time.monotonic()
         if revocation_pem is not None and revocation_version is not None:
             self._apply(self.sync.put(make_revocation_item(revocation_pem, revocation_version), now))
@@ -183,11 +178,6 @@ class Cluster(asyncio.DatagramProtocol):
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
-        for task in list(self._retired):
-            task.cancel()
-        await asyncio.gather(*self._retired, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
         if self._udp is not None:
             self._udp.close()
 
@@ -419,28 +409,20 @@ class Cluster(asyncio.DatagramProtocol):
 
     # -- reliable path -------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
-        """The HTTPS client, rebuilt whenever the daemon's client TLS context changes (a new
-        revocation list): a client built once at start would keep completing handshakes with
-        revoked servers, and keep its pooled connections to them."""
-        tls = self.deps.client_tls()
-        if self._http is None or tls is not self._http_tls:
-            old, self._http, self._http_tls = self._http, httpx.AsyncClient(
-                verify=tls, timeout=EXCHANGE_TIMEOUT_S), tls
-            if old is not None:
-                task = asyncio.create_task(self._retire(old))
-                self._retired.add(task)
-                task.add_done_callback(self._retired.discard)
-        return self._http
-
-    async def _retire(self, client: httpx.AsyncClient) -> None:
-        try:
-            await asyncio.sleep(EXCHANGE_TIMEOUT_S + 1.0)  # let its exchanges finish
-        finally:
-            await client.aclose()
+    def _node_at(self, address: str) -> str | None:
+        """The member whose address this is (the node a connection there must prove to be),
+        or None for an address no member holds (a seed, a discovered node)."""
+        node_id = self._by_address.get(address)
+        if node_id is not None:
+            member = self.membership.member(node_id)
+            if member is not None and member.address == address:
+                return node_id
+        self._by_address = {m.address: m.node_id for m in self.membership.members()
+                            if m.node_id != self.deps.node_id}
+        return self._by_address.get(address)
 
     def _send_stream(self, to: str, payload: bytes) -> None:
-        if self._http is None or self._stopping:
+        if self._stopping:
             return
         if len(self._inflight) >= MAX_INFLIGHT:
             self.deps.count_drop("inflight_full")
@@ -450,28 +432,23 @@ class Cluster(asyncio.DatagramProtocol):
         task.add_done_callback(self._inflight.discard)
 
     async def _post(self, to: str, payload: bytes) -> None:
-        started = time.monotonic()
+        from node.peerclient import PeerError
+
         try:
-            response = await self._client().post(f"https://{to}/peer/v1/gossip", content=payload)
-        except httpx.HTTPError as exc:
+            response = await self.deps.peers.request(
+                self._node_at(to), to, "POST", "/peer/v1/gossip", body=payload,
+                purpose="gossip", timeout_s=EXCHANGE_TIMEOUT_S)
+        except PeerError as exc:
             log.debug("exchange with %s failed: %s", to, exc)
             return
-        if response.status_code != 204:
-            log.info("exchange with %s refused: %s", to, response.text[:200])
+        if response.status != 204:
+            log.info("exchange with %s refused: %s", to, response.error())
             return
-        rtt = time.monotonic() - started
-        stream = response.extensions.get("network_stream")
-        sslobj = stream.get_extra_info("ssl_object") if stream is not None else None
-        if sslobj is not None:
-            with contextlib.suppress(FederationError):
-                from node.tls import peer_identity
-
-                ident = peer_identity(sslobj, self.deps.authority_pem, datetime.now(UTC),
-                                      revocations=self.validator.revocations)
-                new = ident.node_id not in self.tls_peers
-                self.tls_peers[ident.node_id] = _Peer(ident, rtt)
-                if new:
-                    self._learned(ident.node_id)
+        ident = response.peer  # verified by the peer client before the request was written
+        new = ident.node_id not in self.tls_peers
+        self.tls_peers[ident.node_id] = _Peer(ident, response.elapsed_s)
+        if new:
+            self._learned(ident.node_id)
 
     def receive_reliable(self, body: bytes, peer: NodeIdentity) -> str | None:
         """A POSTed message from an authenticated peer; returns an error text or None."""

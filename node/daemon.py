@@ -32,7 +32,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -67,8 +66,11 @@ from node.listeners import Server, address_of, bind_tcp, bind_unix, start_server
 from node.metrics import Metrics
 from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
+from node.peerclient import PeerClients, audit_sink
 from node.ports import NoPeers, PeerDirectory
 from node.probe import probe, probe_gpus
+from node.pull import Puller
+from node.pull import admin_route as pull_route
 from node.pull import peer_routes as pull_routes
 from node.replication import Collector
 from node.store import Store, StoreError
@@ -114,6 +116,7 @@ class Daemon:
     documents: Documents
     peers: PeerDirectory  # the cluster when enrolled, else NoPeers
     router: Router
+    peer_clients: PeerClients | None  # every outbound peer connection; None when not enrolled
     admin: AdminApp
     servers: tuple[Server, ...]
     #: Components stopped first, in this order (mDNS, the cluster), each within a bound.
@@ -145,7 +148,8 @@ class Daemon:
         await _bounded("listeners", asyncio.gather(*(s.shutdown() for s in self.servers)),
                        drain + STOP_COMPONENT_S)
         await self.tasks.close()
-        await _bounded("peer clients", self.router.close(), STOP_COMPONENT_S)
+        if self.peer_clients is not None:
+            await _bounded("peer clients", self.peer_clients.close(), STOP_COMPONENT_S)
         await _bounded("model host", self.host.close(), drain + STOP_COMPONENT_S)
         if self.host.backend is not None:
             await _bounded("runtime", self.host.backend.close(), STOP_COMPONENT_S)
@@ -312,11 +316,15 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                 (data_dir / NODE_CERT).read_bytes(), key_path(data_dir).read_bytes(),
                 (data_dir / AUTHORITY_CERT).read_bytes(), await revocations(store, data_dir),
             )
-            documents.on_revocation(credentials.update_revocations)
+            documents.on_revocation(credentials.update_revocations)  # peer clients follow
+            peer_clients = PeerClients.of(credentials, audit_sink(
+                audit, lambda coro: tasks.spawn(coro, name="peer-refusal-audit")))
+            cleanup.append(peer_clients.close)
             peer_sock = bind_tcp(config.node.peer_listen, key="node.peer_listen")
             peer_listen = address_of(peer_sock)
             fed = FederationDeps(
-                node_id=node_id, identity=ident, credentials=credentials, config=config,
+                node_id=node_id, identity=ident, credentials=credentials, peers=peer_clients,
+                config=config,
                 store=store, audit=audit, models=host, policy=policy, documents=documents,
                 tasks=tasks, count_drop=lambda reason: metrics.gossip_dropped.labels(reason).inc(),
                 gpus=len(probe_gpus()),
@@ -333,15 +341,14 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             node_id=node_id, default_data_class=config.node.default_data_class,
             me=NodeAttrs(**ident.attributes()) if ident else None, peers=peers, policy=policy,
             models=host, audit=audit, metrics=metrics,
-            client_tls=enrolled.deps.credentials.client if enrolled else _no_tls,
+            clients=enrolled.deps.peers if enrolled else None,
         ), config.placement.core(), config.placement.forward_timeout_s)
-        cleanup.append(router.close)
-        documents.on_revocation(lambda _crl: router.reset_client())
 
         status = _Status(node_id, data_dir, time.time(), listen, peer_listen, ident, audit,
                          policy, host, app_state, enrolled.cluster if enrolled else None)
+        puller = Puller(enrolled.cluster, enrolled.deps.peers, host) if enrolled else None
         admin = _admin_app(_AdminNode(data_dir, store, audit, host, documents, policy), status,
-                           ident, peers)
+                           ident, peers, puller)
 
         drain = config.node.drain_timeout_s
         servers: list[Server] = []
@@ -362,7 +369,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             peer_routes(peer_app, fed, cluster, router)
             pull_routes(peer_app, host, policy, audit)
             servers.append(await start_server(
-                peer_app, peer_sock, drain, tls=credentials.listening_context(),
+                peer_app, peer_sock, drain,  # TLS starts in the protocol (node.peer)
                 protocol=protocol_class(credentials),
             ))
             try:
@@ -379,7 +386,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                 stoppers.insert(0, ("mDNS", discovery.stop))
                 cleanup.append(discovery.stop)
             collector = Collector(NodeAttrs(**fed.identity.attributes()), cluster, policy, store,
-                                  router.client)
+                                  fed.peers)
             tasks.every(config.federation.checkpoint_interval_s, collector.once,
                         name="replication")
     except BaseException:
@@ -392,7 +399,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         data_dir=data_dir, config=config, node_id=node_id, lock=lock,
         started_at=status.started_at, store=store, audit=audit, host=host, metrics=metrics,
         app_state=app_state, tasks=tasks, policy=policy, documents=documents, peers=peers,
-        router=router, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
+        router=router, peer_clients=enrolled.deps.peers if enrolled else None, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
         listen=listen, peer_listen=peer_listen, status=status,
     )
     control.write_runtime(data_dir, control.RuntimeInfo(
@@ -419,13 +426,8 @@ class _Enrolled:
     peer_sock: socket.socket
 
 
-def _no_tls() -> ssl.SSLContext:
-    raise RuntimeError("a node that is not enrolled has no peer TLS client (a bug: the "
-                       "request path never forwards without an identity)")
-
-
 def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
-               peers: PeerDirectory) -> AdminApp:
+               peers: PeerDirectory, puller: Puller | None) -> AdminApp:
     """The admin API with the routes other modules own."""
     admin = AdminApp(node.host, status, node.audit.reader(), apply=node.apply)
 
@@ -440,6 +442,7 @@ def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
     admin.route("GET", "/peers", peers_route)
     admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(node))
     admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(node))
+    admin.route("POST", "/models/pull", pull_route(puller))
     admin.route("GET", "/policy/explain", explain_route)
     return admin
 

@@ -37,6 +37,7 @@ from node.limits import (
 )
 from node.peer import PeerApp, PeerCredentials
 from node.peer import query as peer_query
+from node.peerclient import PeerClients
 from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView, Spawner
 from node.store import Store
 
@@ -70,6 +71,7 @@ class FederationDeps:
     node_id: str
     identity: NodeIdentity
     credentials: PeerCredentials
+    peers: PeerClients  # every outbound mutual-TLS connection (node.peerclient)
     config: Config
     store: Store
     audit: CheckpointLog
@@ -116,8 +118,10 @@ def build_cluster(deps: FederationDeps, key: Any, crl: Any) -> Cluster:
         served = deps.models.served()
         cluster = deps.runtime_cluster()
         return {
+            # sha256 and size are what a puller verifies a transfer against (node.pull)
             "models": [{"name": s.record.name, "version": s.record.version,
-                        "sha256": s.record.sha256, "provider": s.model.provider}
+                        "sha256": s.record.sha256, "size": s.record.size,
+                        "provider": s.model.provider}
                        for s in served],
             "queue": sum(s.model.queue_depth for s in served),
             "load": round(os.getloadavg()[0], 2),
@@ -161,7 +165,7 @@ def build_cluster(deps: FederationDeps, key: Any, crl: Any) -> Cluster:
         address=address,
         config=presets[config.federation.preset](),
         seeds=list(config.federation.seeds),
-        client_tls=deps.credentials.client,
+        peers=deps.peers,
         advert_body=advert_body,
         on_document=on_document,
         on_equivocation=on_equivocation,

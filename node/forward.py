@@ -9,8 +9,9 @@ it (``hops > 0``, the forwarding node is the caller):
 2. ``federation.placement.place`` decides: local when the model is here and the node is not
    saturated; else the alive, fresh, model-holding peers that ``forward`` policy allows, ranked.
    Peers that policy refuses are never contacted: not one byte of the payload goes to them.
-3. Forwarding goes over the mutual-TLS peer endpoint on a warm connection, with the labels made
-   explicit in the body. A failed or timed-out peer is skipped for the next one; if none answers
+3. Forwarding goes over the mutual-TLS peer endpoint on a warm connection (``node.peerclient``:
+   the connection must prove it is the chosen node before the body is sent), with the labels
+   made explicit in the body. A failed or timed-out peer is skipped for the next one; if none answers
    the request runs here when the model is here, else 503. If policy allowed no peer, 403 names
    the policies and attributes that refused.
 4. The executing node re-checks ``infer`` with its own attested attributes (either side's deny
@@ -24,14 +25,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
-import httpx
 
 from federation.placement import Candidate, PlacementConfig, place
 from federation.policy_engine import DataAttrs, Decision, NodeAttrs
@@ -45,17 +42,14 @@ from models import (
 )
 from node.http import HTTPError
 from node.limits import (
-    CONTROL_POOL_KEEPALIVE,
-    FORWARD_POOL_CONNECTIONS,
     HEADER_HOPS,
     HEADER_JSON_LENGTH,
     HEADER_REQUEST_ID,
     MAX_REQUEST_ID_CHARS,
-    PEER_CONNECT_TIMEOUT_S,
-    PEER_KEEPALIVE_S,
 )
 from node.metrics import Metrics
 from node.modelhost import ModelNotFound, Served
+from node.peerclient import PeerClients, PeerError, PeerRefused
 from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView
 
 log = logging.getLogger("outpost.forward")
@@ -79,9 +73,8 @@ class ForwardDeps:
     models: ModelSource
     audit: AuditSink
     metrics: Metrics
-    #: The mutual-TLS client context for peers (``PeerCredentials.client``); only called
-    #: when ``me`` is set.
-    client_tls: Callable[[], ssl.SSLContext]
+    #: Every outbound mutual-TLS connection (``node.peerclient``); None when ``me`` is.
+    clients: PeerClients | None
 
 
 @dataclass
@@ -146,37 +139,12 @@ class Router:
         self.timeout_s = timeout_s
         self._latency: dict[str, float] = {}  # model ref -> EWMA seconds of local requests
         self._in_flight = 0  # requests on the one path now: 1 = nothing to batch this one with
-        self._http: httpx.AsyncClient | None = None  # replication and other control calls
-        self._session: aiohttp.ClientSession | None = None  # the forwarding hot path
 
     # -- helpers -------------------------------------------------------------------------------
 
     @property
     def self_attrs(self) -> NodeAttrs | None:
         return self.deps.me
-
-    def client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                verify=self.deps.client_tls(),
-                timeout=httpx.Timeout(self.timeout_s,
-                                      connect=min(PEER_CONNECT_TIMEOUT_S, self.timeout_s)),
-                limits=httpx.Limits(max_keepalive_connections=CONTROL_POOL_KEEPALIVE,
-                                    keepalive_expiry=PEER_KEEPALIVE_S),
-            )
-        return self._http
-
-    async def reset_client(self) -> None:
-        """After a revocation list change: new connections use the new trust."""
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def close(self) -> None:
-        await self.reset_client()
 
     def data_of(self, call: Call, params: dict[str, Any]) -> DataAttrs:
         data_class = str(params.get("outpost.data_class") or self.deps.default_data_class)
@@ -334,13 +302,25 @@ class Router:
         # before the caller is answered, without adding the fsync to the hop's latency.
         decided = asyncio.ensure_future(self._audit_forward(
             call, data, "allowed", target.node_id, decision.policy_version, why, []))
+        peers = self.deps.clients
+        assert peers is not None  # only enrolled nodes forward
         try:
-            status, content, json_len = await self._post(f"https://{address}{path}", body,
-                                                         headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The connection must prove it is target.node_id before the body is written
+            # (node.peerclient): an address is never proof of who answers there.
+            response = await peers.request(target.node_id, address, "POST", path, body=body,
+                                           headers=headers, purpose="forward",
+                                           timeout_s=self.timeout_s)
+        except PeerRefused:
+            self.deps.metrics.forwards.labels(target.node_id, "refused").inc()
+            await decided
+            raise _PeerFailed("the TLS peer at its address is not that node (refused and "
+                              "audited)") from None
+        except PeerError as exc:
             self.deps.metrics.forwards.labels(target.node_id, "unreachable").inc()
             await decided
-            raise _PeerFailed(f"{type(exc).__name__}") from None
+            raise _PeerFailed(str(exc)[:200]) from None
+        status, content = response.status, response.body
+        json_len = response.headers.get("Inference-Header-Content-Length")
         await decided
         if status != 200:
             self.deps.metrics.forwards.labels(target.node_id, str(status)).inc()
@@ -354,22 +334,6 @@ class Router:
             raise _PeerFailed(f"{status} {message[:120]}")
         self.deps.metrics.forwards.labels(target.node_id, "200").inc()
         return _annotated_answer(content, int(json_len) if json_len else None, why)
-
-    async def _post(self, url: str, body: bytes,
-                    headers: dict[str, str]) -> tuple[int, bytes, str | None]:
-        """One request on the forwarding session: aiohttp's C-accelerated client keeps warm
-        mutual-TLS connections per peer and costs a fraction of httpx per hop."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.deps.client_tls(),
-                                               limit=FORWARD_POOL_CONNECTIONS,
-                                               keepalive_timeout=PEER_KEEPALIVE_S),
-                timeout=aiohttp.ClientTimeout(
-                    total=self.timeout_s,
-                    sock_connect=min(PEER_CONNECT_TIMEOUT_S, self.timeout_s)),
-            )
-        async with self._session.post(url, data=body, headers=headers) as response:
-            return response.status, await response.read(), response.headers.get(HDR_LEN)
 
     # -- audit ---------------------------------------------------------------------------------
 

@@ -138,33 +138,21 @@ def models_add(data_dir: Path, path: Path, name: str, version: str | None,
 
 def models_pull(data_dir: Path, ref: str, from_node: str | None,
                 progress: Any = None) -> dict[str, Any]:
-    """Fetch ``name[:version]`` from a peer that holds it and may give it to us, then add it."""
+    """Have the daemon fetch ``name[:version]`` from a peer that holds it and may give it to
+    us, verified against the holder's signed advert, then add it (``node.pull``). The daemon
+    does it because it holds the verified adverts, the revocation list in force and the one
+    owner of peer connections; ``progress`` is not reported across the admin socket."""
     from models import parse_ref
-    from node.enrollment import AUTHORITY_CERT, NODE_CERT
-    from node.keys import key_path
-    from node.pull import choose_source, download
-    from node.tls import client_context
 
-    name, version = parse_ref(ref)
+    parse_ref(ref)  # a bad reference fails here with the model-name rule's message
     client = connect(data_dir)
     if client is None:
         raise DaemonError(f"no daemon is running on {data_dir}; `outpost run` first (it knows "
                           "which peers hold the model)")
     with client:
-        peers: list[dict[str, Any]] = client.request("GET", "/peers")
-    source = choose_source(peers, name, version, from_node)
-    if not (data_dir / NODE_CERT).exists():
-        raise DaemonError("this node is not enrolled; peers only give models to enrolled nodes")
-    tls = client_context((data_dir / NODE_CERT).read_bytes(), key_path(data_dir).read_bytes(),
-                         (data_dir / AUTHORITY_CERT).read_bytes())
-    partial_dir = data_dir / "blobs"
-    partial_dir.mkdir(parents=True, exist_ok=True)
-    path, _sha, _size = download(source, partial_dir, tls, progress=progress)
-    try:
-        record = models_add(data_dir, path, name, source.version, pulled_from=source.node_id)
-    finally:
-        path.unlink(missing_ok=True)
-    return {**record, "source": source.node_id}
+        result: dict[str, Any] = client.request("POST", "/models/pull",
+                                                {"ref": ref, "from": from_node})
+    return result
 
 
 def models_list(data_dir: Path) -> list[dict[str, Any]]:

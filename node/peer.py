@@ -1,11 +1,26 @@
 """The peer endpoint: HTTPS with mutual TLS between enrolled nodes (``node.peer_listen``).
 
-Owns the TLS server side: certificates and the revocation list loaded into one SSL context
-that is swapped live when a newer revocation list arrives (through the SNI callback, so
-listening sockets never restart), and the authenticated peer identity put into every ASGI
-scope as ``scope["extensions"]["outpost.peer"]`` (a ``federation.identity.NodeIdentity``).
-A peer whose certificate does not chain to the authority, is expired, or is revoked never
-completes the handshake; a peer revoked by node id (no serial known) is cut right after it.
+Owns the TLS server side: certificates and the revocation list loaded into one server SSL
+context, rebuilt when a newer revocation list arrives, and the authenticated peer identity put
+into every ASGI scope as ``scope["extensions"]["outpost.peer"]`` (a
+``federation.identity.NodeIdentity``). Outbound connections are ``node.peerclient``'s.
+
+Must never: let a request through before the caller's certificate verified against the
+authority and the revocation list in force, or keep serving a revoked peer.
+
+Why TLS starts in the protocol, not in the listener: the listener accepts plain TCP and each
+connection's protocol puts the loop's own TLS protocol under it (as ``create_server(ssl=...)``
+would) with the server context in force at that moment. A context handed to the listener is
+fixed when it starts listening, and swapping contexts per handshake (an SNI callback) does not
+carry the verification flags: OpenSSL copies them from the listener's context when the
+connection is created, so a node that started without a revocation list never checked one that
+arrived later — the handshake completed and the peer was cut afterwards. This way a certificate
+revoked by serial fails *in the handshake*, from the first handshake after the update (logged as
+``peer refused in the TLS handshake: ... certificate revoked``; in TLS 1.3 the client has sent
+its Finished by then, so it sees the connection closed before any answer). A peer revoked by
+node id only (the authority recorded no serial) is cut right after the handshake, before a
+request is read. A connection opened before the revocation arrived stays open; every request on
+it is refused from then on (403).
 
 Routes are added by the components that own them (audit, state sync, forwarding): this module
 only dispatches by prefix and turns errors into ``{"error": ...}``.
@@ -25,15 +40,24 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from federation.errors import FederationError
 from federation.identity import NodeIdentity, RevocationList
 from node.http import HTTPError, Receive, Scope, Send, send_error
-from node.tls import client_context, peer_identity, server_context
+from node.tls import peer_identity, server_context
 
 log = logging.getLogger("outpost.peer")
 
 PeerHandler = Callable[[Scope, Receive, Send, NodeIdentity, str], Awaitable[None]]
 
 
+# A client must finish the TLS handshake within this many seconds of connecting; a connection
+# that never starts TLS would otherwise hold a file descriptor for asyncio's default of 60 s.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
 class PeerCredentials:
-    """This node's certificate and key, the authority, and the revocation list in force."""
+    """This node's certificate and key, the authority, and the revocation list in force.
+
+    Other components (``node.peerclient``) subscribe to revocation updates, so one call
+    to :meth:`update_revocations` takes a new list into effect for both directions.
+    """
 
     def __init__(self, cert_pem: bytes, key_pem: bytes, authority_pem: bytes,
                  revocations: RevocationList | None) -> None:
@@ -42,34 +66,27 @@ class PeerCredentials:
         self.authority_pem = authority_pem
         self.revocations = revocations
         self._server = self._build_server()
-        self._client = client_context(cert_pem, key_pem, authority_pem, self._crl())
+        self._subscribers: list[Callable[[RevocationList], None]] = []
 
-    def _crl(self) -> bytes | None:
+    def crl_pem(self) -> bytes | None:
         return self.revocations.pem if self.revocations else None
 
     def _build_server(self) -> ssl.SSLContext:
-        ctx = server_context(self.cert_pem, self.key_pem, self.authority_pem, self._crl())
-        return ctx
+        return server_context(self.cert_pem, self.key_pem, self.authority_pem, self.crl_pem())
 
-    def listening_context(self) -> ssl.SSLContext:
-        """The context given to the listener: it hands each handshake the current one."""
-        outer = self._build_server()
+    def server(self) -> ssl.SSLContext:
+        """The server context for the next handshake (the revocation list in force now)."""
+        return self._server
 
-        def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-            sslobj.context = self._server
-
-        outer.sni_callback = pick
-        return outer
-
-    def client(self) -> ssl.SSLContext:
-        return self._client
+    def subscribe(self, on_revocations: Callable[[RevocationList], None]) -> None:
+        self._subscribers.append(on_revocations)
 
     def update_revocations(self, revocations: RevocationList) -> None:
         """Take a newer revocation list into effect for new handshakes, both directions."""
         self.revocations = revocations
         self._server = self._build_server()
-        self._client = client_context(self.cert_pem, self.key_pem, self.authority_pem,
-                                      self._crl())
+        for on_revocations in self._subscribers:
+            on_revocations(revocations)
 
     def identify(self, sslobj: ssl.SSLObject) -> NodeIdentity:
         return peer_identity(sslobj, self.authority_pem, datetime.now(UTC),
@@ -77,25 +94,71 @@ class PeerCredentials:
 
 
 def protocol_class(credentials: PeerCredentials) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol, plus the verified peer identity in every scope."""
+    """uvicorn's httptools protocol behind a TLS handshake of its own (see the module
+    docstring), plus the verified peer identity in every scope. The listener must be
+    started without an SSL context."""
 
     class PeerProtocol(HttpToolsProtocol):
         peer: NodeIdentity | None = None
+        _tls = False  # TLS was put under this connection (the next connection_made is TLS)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            if not self._tls:
+                # Plain TCP: put TLS under it now, synchronously, with the context in force
+                # now — exactly what asyncio does for a listener's context (start_tls would
+                # leave a window in which uvloop delivers the ClientHello to this protocol).
+                self._tls = True
+                waiter = self.loop.create_future()
+                waiter.add_done_callback(_log_refusal)
+                tls = _ssl_protocol_class(self.loop)(
+                    self.loop, self, credentials.server(), waiter, True, None,
+                    call_connection_made=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+                transport.set_protocol(tls)
+                tls.connection_made(transport)
+                return
+            # The handshake completed: ``transport`` is the TLS transport.
             super().connection_made(transport)
-            sslobj = transport.get_extra_info("ssl_object")
             try:
-                self.peer = credentials.identify(sslobj)
+                self.peer = credentials.identify(transport.get_extra_info("ssl_object"))
             except FederationError as exc:
                 log.warning("peer refused after handshake: %s", exc)
                 transport.close()
+
+        def pause_writing(self) -> None:
+            if self.flow is not None:
+                super().pause_writing()
+
+        def resume_writing(self) -> None:
+            if self.flow is not None:
+                super().resume_writing()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.scope["extensions"] = {"outpost.peer": self.peer}  # type: ignore[dict-item]
 
     return PeerProtocol
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The loop's own TLS protocol (what its ``start_tls`` and ``create_server`` use)."""
+    try:
+        import uvloop
+        import uvloop.loop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency
+        uvloop = None  # type: ignore[assignment]
+    if uvloop is not None and isinstance(loop, uvloop.Loop):
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    from asyncio import sslproto
+
+    return sslproto.SSLProtocol
+
+
+def _log_refusal(waiter: asyncio.Future[None]) -> None:
+    if waiter.cancelled():
+        return
+    exc = waiter.exception()
+    if exc is not None:
+        log.info("peer refused in the TLS handshake: %s", exc or type(exc).__name__)
 
 
 class PeerApp:

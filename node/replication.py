@@ -17,10 +17,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-
-import httpx
+from typing import Any
 
 from federation.canonical import b64decode
 from federation.errors import FederationError
@@ -30,6 +28,7 @@ from federation.note import Checkpoint, Verifier
 from federation.policy_engine import NodeAttrs
 from node.cluster import Cluster
 from node.limits import AUDIT_PAGE_ENTRIES
+from node.peerclient import PeerClients, PeerError
 from node.ports import PolicyView
 from node.store import Store
 
@@ -37,6 +36,8 @@ log = logging.getLogger("outpost.replication")
 
 # Entries fetched per request (see node.limits).
 PAGE = AUDIT_PAGE_ENTRIES
+# Seconds one page of entries may take to arrive (a page is ~2 MiB at most).
+REQUEST_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Collector:
     cluster: Cluster  # membership, verified identities and adverts of the peers
     policy: PolicyView
     store: Store
-    http: Callable[[], httpx.AsyncClient]  # the mutual-TLS control client
+    peers: PeerClients  # outbound mutual TLS that proves each peer is the node chosen
 
     async def once(self) -> int:
         return await replicate_once(self)
@@ -72,28 +73,40 @@ async def replicate_once(node: Collector) -> int:
         if address is None or verifier is None or ident is None:
             continue
         try:
-            added += await _pull(node, node.http(), address, verifier, ident.origin,
-                                 candidate.node_id)
-        except (httpx.HTTPError, FederationError, ValueError, KeyError) as exc:
+            added += await _pull(node, _Origin(node.peers, candidate.node_id, address),
+                                 verifier, ident.origin)
+        except (PeerError, FederationError, ValueError, KeyError) as exc:
             log.warning("replicating %s failed: %s", candidate.node_id, exc)
     return added
 
 
-async def _pull(node: Collector, http: httpx.AsyncClient, address: str, verifier: Verifier,
-                origin: str, node_id: str) -> int:
-    base = f"https://{address}/peer/v1/audit"
+class _Origin:
+    """GET requests to the origin node, over a connection that proves it is that node."""
+
+    def __init__(self, peers: PeerClients, node_id: str, address: str) -> None:
+        self.peers, self.node_id, self.address = peers, node_id, address
+
+    async def get(self, view: str, **params: int) -> Any:
+        response = await self.peers.request(
+            self.node_id, self.address, "GET", f"/peer/v1/audit/{view}", params=params,
+            purpose="replication", timeout_s=REQUEST_TIMEOUT_S)
+        if response.status != 200:
+            raise ValueError(f"{self.node_id} answered {response.status} to {view}: "
+                             f"{response.error()}")
+        return response.json()
+
+
+async def _pull(node: Collector, origin_node: _Origin, verifier: Verifier, origin: str) -> int:
+    node_id = origin_node.node_id
     held_size, held_note = await _held(node.store, origin)
-    response = await http.get(f"{base}/checkpoint")
-    response.raise_for_status()
-    note = response.json()["checkpoint"]
+    note = (await origin_node.get("checkpoint"))["checkpoint"]
     checkpoint = Checkpoint.open(note, verifier)
     if checkpoint.size <= held_size:
         return 0
     frontier: list[bytes] = []
     if held_size:
-        r = await http.get(f"{base}/frontier", params={"size": held_size})
-        r.raise_for_status()
-        frontier = [b64decode(h, length=32, what="frontier hash") for h in r.json()["hashes"]]
+        answer = await origin_node.get("frontier", size=held_size)
+        frontier = [b64decode(h, length=32, what="frontier hash") for h in answer["hashes"]]
         held_root = Checkpoint.open(held_note or "", verifier).root_hash
         if CompactRange(held_size, frontier).root() != held_root:
             raise ValueError(f"{node_id}'s log does not extend the copy held here (fork?)")
@@ -101,10 +114,8 @@ async def _pull(node: Collector, http: httpx.AsyncClient, address: str, verifier
     entries: list[bytes] = []
     start = held_size
     while start < checkpoint.size:
-        r = await http.get(f"{base}/entries",
-                           params={"start": start, "end": min(start + PAGE, checkpoint.size)})
-        r.raise_for_status()
-        page = r.json()
+        page = await origin_node.get("entries", start=start,
+                                     end=min(start + PAGE, checkpoint.size))
         if not page:
             raise ValueError(f"{node_id} sent no entries from {start}")
         for row in page:

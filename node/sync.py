@@ -30,6 +30,10 @@ Blobs are streamed: the signed head is read and verified first (``read_head``), 
 model is copied to a temporary file in the blob directory while it is hashed; nothing is
 applied until every blob matched the signed manifest and the file ended exactly after the
 last one — the same all-or-nothing check as ``read_bundle``, without holding models in RAM.
+
+Models are subject to ``model.pull`` as on the network: the importing node adds a model only
+when the policy in force (the bundle's own, if newer) lets this node, with its attested
+attributes, have that model; a denied model is reported and audited, never added.
 """
 
 from __future__ import annotations
@@ -242,11 +246,15 @@ def export_bundle(
     *,
     since: Mapping[str, int] | None = None,
     include_models: bool = False,
+    receiver_cert: bytes | None = None,
 ) -> dict[str, Any]:
     """Write a sync bundle of this node to ``out``; returns what it carries.
 
     ``since`` maps a log origin (or a bare node id of this federation) to the size the
-    receiver already holds; that log's section then starts there. Reads only: safe with the
+    receiver already holds; that log's section then starts there. ``receiver_cert`` (the
+    receiving node's certificate PEM) makes this node decide ``model.pull`` for it, as it
+    would for that node pulling over the network: models it may not have stay home (listed in
+    ``models_left_out``). Without it the importing node decides. Reads only: safe with the
     daemon running.
     """
     key = load_key(data_dir)
@@ -260,7 +268,7 @@ def export_bundle(
     wanted = _expand_since(since or {}, ident.federation)
     cert_pem = (data_dir / NODE_CERT).read_bytes()
     result: dict[str, Any] = read_store(data_dir, lambda store: _export(
-        store, data_dir, out, key, ident, ca, cert_pem, wanted, include_models))
+        store, data_dir, out, key, ident, ca, cert_pem, wanted, include_models, receiver_cert))
     return result
 
 
@@ -284,6 +292,7 @@ async def _export(
     cert_pem: bytes,
     since: dict[str, int],
     include_models: bool,
+    receiver_cert: bytes | None = None,
 ) -> dict[str, Any]:
     sections = [await _own_section(store, key, ident.origin, since.get(ident.origin, 0))]
     certs: list[bytes] = []
@@ -305,6 +314,18 @@ async def _export(
     policy = await get_doc(store, "policy")
     crl_doc = await get_doc(store, "revocation")
     records = await store.list_models() if include_models else []
+    models_left_out: list[dict[str, str]] = []
+    if records and receiver_cert is not None:
+        refusal = _receiver_decider(receiver_cert, ca, crl, policy[1] if policy else None,
+                                    data_dir)
+        kept = []
+        for r in records:
+            reason = refusal(r.name, r.version)
+            if reason is None:
+                kept.append(r)
+            else:
+                models_left_out.append({"model": f"{r.name}:{r.version}", "reason": reason})
+        records = kept
     refs = [ModelRef(r.name, r.version, r.sha256, r.size) for r in records]
     head = build_head(
         federation=ident.federation,
@@ -340,6 +361,7 @@ async def _export(
         "models": [{"name": r.name, "version": r.version, "sha256": r.sha256, "size": r.size}
                    for r in refs],
         "left_out": left_out,
+        "models_left_out": models_left_out,
     }
 
 
@@ -713,8 +735,14 @@ async def _import(node: LiveNode, path: Path) -> dict[str, Any]:
                     if row.status == MergeStatus.APPEND.value:
                         row.status = "appended"
                 done["entries"] = sum(len(m.entries) for m in appends)
+            allowed = await _pull_decider(db, node.data_dir) if any(
+                m["status"] == "add" for m in model_rows) else None
             for m in model_rows:
-                if m["status"] == "add":
+                if m["status"] == "add" and allowed is not None:
+                    refusal = allowed(m["name"], m["version"])
+                    if refusal is not None:
+                        m["status"], m["reason"] = "denied", refusal
+                        continue
                     record = await node.host.add(files[(m["name"], m["version"])], m["name"],
                                                  m["version"])
                     m["status"] = "added"
@@ -726,10 +754,11 @@ async def _import(node: LiveNode, path: Path) -> dict[str, Any]:
         finally:
             changed = (done["policy"] is not None or done["revocations"] is not None
                        or done["entries"] > 0 or done["models"] > 0)
+            denied = sum(1 for m in model_rows if m["status"] == "denied")
             audit_index = None
-            if changed or conflicts:
+            if changed or conflicts or denied:
                 audit_index = await node.audit.append(
-                    _audit_entry(node.audit, bundle, rows, done, len(conflicts)))
+                    _audit_entry(node.audit, bundle, rows, done, len(conflicts), denied))
     finally:
         for tmp in files.values():
             with contextlib.suppress(FileNotFoundError):
@@ -738,7 +767,7 @@ async def _import(node: LiveNode, path: Path) -> dict[str, Any]:
     problems = [f"{r.origin}: {r.status}: {r.reason}" for r in rows
                 if r.status in (MergeStatus.CONFLICT.value, MergeStatus.GAP.value)]
     problems += [f"model {m['name']}:{m['version']}: {m['reason']}" for m in model_rows
-                 if m["status"] == "conflict"]
+                 if m["status"] in ("conflict", "denied")]
     return {
         "bundle": bundle.digest,
         "from": bundle.exporter.node_id,
@@ -831,9 +860,60 @@ async def _append_replicas(
         ) from exc
 
 
+def _receiver_decider(cert_pem: bytes, ca: bytes, crl: RevocationList | None,
+                      policy: bytes | None, data_dir: Path) -> Callable[[str, str], str | None]:
+    """``model.pull`` as this node decides it for the node of ``cert_pem`` pulling over the
+    network (principal = that node's attested attributes, this node's policy)."""
+    from federation.policy_engine import NodeAttrs, PolicyEngine
+    from node.enrollment import policy_bundle
+
+    receiver = NodeIdentity.from_certificate(cert_pem, ca, now())
+    if crl is not None:
+        crl.check(receiver)
+    engine = PolicyEngine()
+    if policy is not None:
+        engine.apply(policy_bundle(policy, data_dir))
+    them = NodeAttrs(**receiver.attributes())
+
+    def refusal(name: str, version: str) -> str | None:
+        decision = engine.decide_model_pull(them, name, version)
+        if decision.allowed:
+            return None
+        return (f"policy does not let {them.node_id} have {name}:{version} (model.pull): "
+                f"{'; '.join(decision.reasons) or 'denied'}; left out")
+
+    return refusal
+
+
+async def _pull_decider(db: Store, data_dir: Path) -> Callable[[str, str], str | None]:
+    """``model.pull`` as the network path decides it, for this node taking a model from a
+    bundle: principal = this node's attested attributes, under the policy held now (the
+    bundle's own, when it brought a newer one). Returns None (allowed) or the refusal."""
+    from federation.policy_engine import NodeAttrs, PolicyEngine
+    from node.enrollment import policy_bundle
+
+    engine = PolicyEngine()
+    held = await get_doc(db, "policy")
+    if held is not None:
+        engine.apply(policy_bundle(held[1], data_dir))
+    ident = load_identity(data_dir)
+    if ident is None:
+        raise EnrollmentError("this node is not enrolled; run `outpost join CERT` first")
+    me = NodeAttrs(**ident.attributes())
+
+    def refusal(name: str, version: str) -> str | None:
+        decision = engine.decide_model_pull(me, name, version)
+        if decision.allowed:
+            return None
+        return (f"policy does not let {me.node_id} have {name}:{version} (model.pull, as for a "
+                f"network pull): {'; '.join(decision.reasons) or 'denied'}; not added")
+
+    return refusal
+
+
 def _audit_entry(
     audit: AuditLog, bundle: VerifiedBundle, rows: Sequence[_LogRow], done: Mapping[str, Any],
-    conflicts: int,
+    conflicts: int, denied: int = 0,
 ) -> AuditEntry:
     appended = [r for r in rows if r.status == "appended"]
     parts = []
@@ -846,6 +926,8 @@ def _audit_entry(
         parts.append(f"{done['models']} model(s)")
     if conflicts:
         parts.append(f"{conflicts} log(s) refused as conflicting")
+    if denied:
+        parts.append(f"{denied} model(s) refused by model.pull policy")
     reason = f"sync bundle from {bundle.exporter.node_id}: " + ", ".join(parts)
     if len(reason) > 1024:
         reason = reason[:1021] + "..."
@@ -864,5 +946,6 @@ def _audit_entry(
             "revocations": done["revocations"],
             "models": int(done["models"]),
             "conflicts": conflicts,
+            "models_denied": denied,
         },
     )

@@ -15,7 +15,8 @@ Choices, and why
   certificate chaining to the authority during the handshake, and then call
   :func:`peer_identity` — one code path for both sides — which reads the attested
   attributes, checks validity at ``now``, the revocation list by node id, and (for a
-  client that dialled a known node) ``expected_node_id``.
+  client that dialled a known node) ``expected_node_id``. ``node.peerclient`` runs it on every
+  outbound connection before the request is written; ``node.peer`` on every inbound one.
 * **Revocation in the handshake.** With a CRL, ``VERIFY_CRL_CHECK_LEAF`` makes OpenSSL
   refuse a revoked peer's certificate by serial (checked by tests with an Ed25519-signed
   CRL). Without a CRL the flag must stay off, since OpenSSL would then refuse every
@@ -27,7 +28,9 @@ Choices, and why
   ``/proc/self/fd`` (never on a file system); elsewhere into a private temporary
   directory (mode 0700, files 0600) that is deleted as soon as OpenSSL has read them —
   OpenSSL copies everything into the context at load time. Rebuild the context to pick
-  up a new revocation list.
+  up a new revocation list — and hand the new one to each *new* connection: OpenSSL copies
+  the verification flags into a connection when it is created, so swapping contexts inside a
+  handshake (an SNI callback) would not turn on the CRL check (``node.peer``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ import pytest
 from models import SAMPLE_MODEL
 from node.testing import enroll, outpost, start_daemon
 
-POLICY = 'permit(principal, action == Action::"infer", resource);\n'
+POLICY = ('permit(principal, action == Action::"infer", resource);\n'
+          # models in a bundle are subject to model.pull like a network pull
+          'permit(principal, action == Action::"model.pull", resource);\n')
 
 
 def bundle(*args: str, data_dir: Path | None = None,
