@@ -26,14 +26,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from federation.canonical import b64encode
 from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import create_backend
-from node import batch, control, sync
+from node import batch, control, limits, sync
 from node.admin import AdminApp, audit_query
 from node.app import AppState, OipApp
 from node.audit import AuditError, AuditLog
@@ -52,6 +50,7 @@ from node.federate import explain, peer_routes, peers_view, start_federation
 from node.forward import Router
 from node.http import HTTPError, Receive, Scope, Send, send_json
 from node.keys import NodeKeyError, key_path, load_key
+from node.listener import BoundedServer, Bounds, raise_fd_limit, serve_config
 from node.metrics import Metrics
 from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
@@ -113,32 +112,16 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns the lifecycle."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
+_Server = BoundedServer  # uvicorn without its signal handling, listeners bounded (node.listener)
 
 
 async def _start_server(app: Any, sock: socket.socket, drain_s: float, *,
                         tls: ssl.SSLContext | None = None,
-                        protocol: type[asyncio.Protocol] | None = None) -> _Server:
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        # The caller recorded in the audit log is the socket's peer: never a header a local
-        # app can write (uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1).
-        proxy_headers=False,
-        timeout_graceful_shutdown=max(drain_s, 0.01),  # type: ignore[arg-type]  # float works
-        http=protocol or "httptools",
-        loop="none",
-    )
-    config.load()
+                        protocol: type[asyncio.Protocol] | None = None,
+                        bounds: Bounds | None = None) -> _Server:
+    config = serve_config(app, drain_s, protocol, bounds)
     config.ssl = tls  # a ready context: uvicorn would only build one from files
-    server = _Server(config)
+    server = BoundedServer(config, bounds, tls)
     server.lifespan = config.lifespan_class(config)
     await server.startup(sockets=[sock])
     return server
@@ -415,8 +398,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         admin.route("GET", "/policy/explain", explain_route)
         drain = config.node.drain_timeout_s
         daemon.router = Router(daemon, config.placement.core(), config.placement.forward_timeout_s)
+        max_body = config.node.max_body_bytes
+        raise_fd_limit(limits.MAX_APP_CONNECTIONS + limits.MAX_PEER_CONNECTIONS
+                       + limits.MAX_PENDING_HANDSHAKES + limits.FD_RESERVE)
         daemon.servers.append(await _start_server(
-            OipApp(app_state, host, metrics, daemon.router), app_sock, drain))
+            OipApp(app_state, host, metrics, daemon.router), app_sock, drain,
+            bounds=Bounds(max_body_bytes=max_body)))
         daemon.servers.append(await _start_server(admin, admin_sock, drain))
         if ident is not None:
             daemon.credentials = PeerCredentials(
@@ -430,7 +417,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             daemon.servers.append(await _start_server(
                 daemon.peer_app, peer_sock, drain,
                 tls=daemon.credentials.listening_context(),
-                protocol=protocol_class(daemon.credentials),
+                protocol=protocol_class(daemon.credentials), bounds=Bounds.peer(max_body),
             ))
             peer_host, peer_port = peer_sock.getsockname()[:2]
             daemon.peer_listen = f"{peer_host}:{peer_port}"
