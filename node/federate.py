@@ -6,7 +6,6 @@ sockets in ``node.cluster``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import time
@@ -19,7 +18,18 @@ from federation.policy_engine import DataAttrs, NodeAttrs
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.enrollment import Applied, revocations
 from node.forward import Call, peek_parameters
-from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_response
+from node.http import (
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    header,
+    off_loop,
+    parse_hops,
+    parse_request_id,
+    read_body,
+    send_response,
+)
 from node.store import get_doc, put_doc
 
 if TYPE_CHECKING:
@@ -212,41 +222,18 @@ def peer_routes(daemon: Daemon) -> None:
             version = parts[2]
         elif len(parts) != 1 or not model:
             raise HTTPError(404, f"no peer infer endpoint {rest!r}")
-        body = await read_body(scope, receive, daemon.config.node.max_body_bytes)
-        raw_len = header(scope, b"inference-header-content-length")
-        try:
-            header_length = int(raw_len) if raw_len is not None else None
-            hops = int(header(scope, b"outpost-hops") or b"1")
-        except ValueError:
-            raise HTTPError(400, "bad Inference-Header-Content-Length or Outpost-Hops") from None
-        request_id = (header(scope, b"outpost-request-id") or b"").decode()[:64] or "forwarded"
         router, me = daemon.router, daemon.router.self_attrs if daemon.router else None
         if router is None or me is None:
             raise HTTPError(503, "this node is not ready to take forwarded requests")
-        call = Call(model=model, version=version, body=body, header_length=header_length,
-                    caller=NodeAttrs(**peer.attributes()), hops=max(1, hops),
-                    request_id=request_id)
-        params = peek_parameters(body, header_length)
-        if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
-            # The sender labels every forward explicitly; an unlabelled one would otherwise be
-            # judged with this node's defaults (its jurisdiction, its default class).
-            raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
-                                 "outpost.jurisdiction (set by the sending node)")
-        data = router.data_of(call, params)
-        decision = daemon.engine.decide_infer(call.caller, data, me, call.hops)
-        if not decision.allowed:
-            reason = "; ".join(decision.reasons) or "denied"
-            await daemon.audit.append(daemon.audit.record(
-                "infer", model=model, version=version, caller=call.caller_name,
-                data_class=data.data_class, outcome="denied", reason=reason[:1000],
-                policy_version=decision.policy_version,
-                input_sha256=hashlib.sha256(body).hexdigest(),
-                detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": request_id},
-            ))
-            raise HTTPError(403, f"{daemon.node_id} refuses {data.describe()} from "
-                                 f"{peer.node_id}: {reason}")
-        answer = await router.infer(call)
+        call = Call(model=model, version=version, body=b"", header_length=None,
+                    caller=NodeAttrs(**peer.attributes()), hops=1, request_id="forwarded")
+        try:
+            await _take_forward(daemon, scope, receive, call, me)
+            answer = await router.infer(call)
+        except HTTPError as exc:
+            # Refused here, the executor: on this node's trail (rate-limited per peer).
+            await router.refused(call, exc)
+            raise
         headers = [(b"content-type", b"application/json")]
         if answer.header_length is not None:
             headers = [(b"content-type", b"application/octet-stream"),
@@ -255,6 +242,43 @@ def peer_routes(daemon: Daemon) -> None:
 
     daemon.peer_app.route("POST", "/peer/v1/gossip", gossip)
     daemon.peer_app.route("POST", "/peer/v1/infer", infer)
+
+
+async def _take_forward(daemon: Daemon, scope: Scope, receive: Receive, call: Call,
+                        me: NodeAttrs) -> None:
+    """Read and check a forwarded request into ``call``; HTTPError for what is refused."""
+    # Headers first (strictly: a peer must not feed 10**30 hops to the policy engine).
+    call.hops = parse_hops(header(scope, b"outpost-hops"))
+    call.request_id = parse_request_id(header(scope, b"outpost-request-id"))
+    raw_len = header(scope, b"inference-header-content-length")
+    if raw_len is not None:
+        if not raw_len.isdigit() or len(raw_len) > 12:
+            raise HTTPError(400, "Inference-Header-Content-Length must be a decimal byte count")
+        call.header_length = int(raw_len)
+    call.body = await read_body(scope, receive, daemon.config.node.max_body_bytes)
+    await call.hash_off_loop()
+    params = await off_loop(len(call.body), peek_parameters, call.body, call.header_length)
+    call.params = params
+    if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
+        # The sender labels every forward explicitly; an unlabelled one would otherwise be
+        # judged with this node's defaults (its jurisdiction, its default class).
+        raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
+                             "outpost.jurisdiction (set by the sending node)")
+    assert daemon.router is not None
+    data = daemon.router.data_of(call, params)
+    decision = daemon.engine.decide_infer(call.caller, data, me, call.hops)
+    if not decision.allowed:
+        reason = "; ".join(decision.reasons) or "denied"
+        await daemon.audit.append(daemon.audit.record(
+            "infer", model=call.model, version=call.version, caller=call.caller_name,
+            data_class=data.data_class, outcome="denied", reason=reason[:1000],
+            policy_version=decision.policy_version, input_sha256=call.sha256(),
+            detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
+                    "request": call.request_id},
+        ))
+        peer = call.caller.node_id if isinstance(call.caller, NodeAttrs) else call.caller
+        raise HTTPError(403, f"{daemon.node_id} refuses {data.describe()} from "
+                             f"{peer}: {reason}").recorded()
 
 
 async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,

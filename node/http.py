@@ -7,10 +7,16 @@ and the routing here is a handful of fixed paths.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
+
+import orjson
+
+from node import limits
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,6 +34,71 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or []
+        self.audited = False
+        """True once the refusal has its audit entry (the endpoint then adds none)."""
+
+    def recorded(self) -> HTTPError:
+        self.audited = True
+        return self
+
+
+T = TypeVar("T")
+
+
+async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a worker thread when it works on more than ``OFFLOAD_DECODE_BYTES``
+    (parsing 63 MiB of JSON on the loop stalled gossip for 1.8 s), inline otherwise."""
+    if size > limits.OFFLOAD_DECODE_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def load_json_object(text: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a request, or HTTPError 400 naming the fault (never a 500: nesting
+    beyond the parsers' depth limit is refused like any other malformed JSON)."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc).lower():
+            raise HTTPError(400, _too_deep(what)) from None
+        try:  # the standard library also reads NaN/Infinity (tritonclient sends them)
+            doc = json.loads(text)
+        except RecursionError:
+            raise HTTPError(400, _too_deep(what)) from None
+        except (ValueError, UnicodeDecodeError) as exc2:
+            raise HTTPError(400, f"{what} JSON is invalid: {exc2}") from None
+    if not isinstance(doc, dict):
+        raise HTTPError(400, f"{what} JSON must be an object with an 'inputs' list")
+    return doc
+
+
+def _too_deep(what: str) -> str:
+    return (f"{what} JSON is nested deeper than {limits.MAX_JSON_DEPTH} levels; tensors nest "
+            "only as deep as their rank: send flat data with a shape")
+
+
+_HOPS = re.compile(rb"[0-9]{1,3}")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
+def parse_hops(raw: bytes | None) -> int:
+    """``Outpost-Hops`` of a forwarded request: a plain decimal in 1..MAX_HOPS, else 400."""
+    if raw is None:
+        return 1
+    if not _HOPS.fullmatch(raw) or not 1 <= int(raw) <= limits.MAX_HOPS:
+        shown = raw[:32].decode("ascii", "replace")
+        raise HTTPError(400, f"Outpost-Hops {shown!r} is not a number from 1 to "
+                             f"{limits.MAX_HOPS}; the sending node sets it")
+    return int(raw)
+
+
+def parse_request_id(raw: bytes | None) -> str:
+    """``Outpost-Request-Id``: 1-64 of ``A-Za-z0-9._:-``, else 400."""
+    if raw is None:
+        return "forwarded"
+    if not _REQUEST_ID.fullmatch(raw):
+        raise HTTPError(400, "Outpost-Request-Id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return raw.decode("ascii")
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -72,20 +72,17 @@ DECODED_BYTES_PER_BODY_BYTE: Final = 8
 #: Headroom for small requests (a few short strings cost more than 8x their few bytes).
 DECODE_SLACK_BYTES: Final = 1 << 20
 
-#: Estimated memory of one decoded BYTES element beyond its data: the ``bytes`` object header
-#: (33), its slot in the object array (8), the list built while unpacking (8) and the
-#: ``std::string`` onnxruntime copies it into (32), rounded up.
-BYTES_ELEMENT_OVERHEAD: Final = 96
-
 #: Bodies larger than this are parsed and decoded on a worker thread, not on the event loop:
 #: a 63 MiB JSON body took 1.8 s to parse, during which gossip acks went unanswered and the
 #: node flapped alive/suspect (issue 10 row 9). Below it a thread hop costs more than parsing.
 OFFLOAD_DECODE_BYTES: Final = 256 << 10
 
-#: JSON nesting is refused (400) beyond this depth. Tensors nest as deep as their rank (ONNX
-#: models stay under 10); the parsers' own recursion limits (orjson 1024, the standard
-#: library's Python recursion limit) would otherwise surface as a 500 (issue 10 row 11).
-MAX_JSON_DEPTH: Final = 64
+#: JSON nesting is refused (400) beyond this depth: orjson's own bound, enforced while it
+#: parses (the standard-library fallback for NaN/Infinity stops near Python's recursion limit,
+#: ~1000, and is refused the same way). Tensors nest only as deep as their rank (ONNX models
+#: stay under 10); before, 100,000 levels surfaced as a RecursionError and a 500 (issue 10
+#: row 11). Checked by the parser, so it costs nothing on the hot path.
+MAX_JSON_DEPTH: Final = 1024
 
 #: The largest ``Outpost-Hops`` a forwarded request may carry; anything else, or anything
 #: that is not a plain decimal number, is refused with 400 (issue 10 row 10: ``2^62`` and
