@@ -10,7 +10,9 @@ callers that need many durable writes per second batch them (group commit, ``nod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 from models import ModelSignature
+from node.durable import private_dir, private_files
 
 DB_FILE = "outpost.db"
 
@@ -106,6 +109,14 @@ class Store:
     @classmethod
     async def open(cls, data_dir: Path, migrations: Sequence[list[str]] = MIGRATIONS) -> Store:
         path = data_dir / DB_FILE
+        # Owner only, also when the directory or the files already existed (an `init` into an
+        # existing 0755 directory left outpost.db 0644). SQLite creates -wal and -shm with the
+        # database's mode; existing ones are tightened here too.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            private_dir(data_dir)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            private_files(path, path.with_name(DB_FILE + "-wal"),
+                          path.with_name(DB_FILE + "-shm"))
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
