@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,15 @@ MIGRATIONS: list[list[str]] = [
         " entry BLOB NOT NULL, PRIMARY KEY (origin, seq))",
         "CREATE TABLE replica_head (origin TEXT PRIMARY KEY, size INTEGER NOT NULL,"
         " note TEXT NOT NULL, cert BLOB NOT NULL)",
+    ],
+    # model changes whose audit entry may not be written yet (node/modelhost.py): inserted in
+    # the transaction that changes the catalogue, deleted once the entry is durable; a row
+    # left by a crash is put on the trail at the next start, marked recovered
+    [
+        "CREATE TABLE model_change (id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+        " name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " size INTEGER NOT NULL, peer TEXT, audit_size INTEGER NOT NULL,"
+        " created REAL NOT NULL)",
     ],
 ]
 
@@ -180,6 +189,17 @@ class Store:
 
     # -- models -------------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Statements in the block commit together or not at all."""
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        await self.conn.execute("COMMIT")
+
     async def add_model(
         self, name: str, version: str, sha256: str, size: int, signature: ModelSignature
     ) -> ModelRecord:
@@ -253,6 +273,42 @@ def _model(row: Any) -> ModelRecord:
         signature=ModelSignature.from_json(json.loads(row[4])),
         added_at=float(row[5]),
     )
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """A catalogue change whose audit entry is not known to be durable (``model_change``)."""
+
+    id: str
+    kind: str  # model.add | model.pull | model.remove
+    name: str
+    version: str
+    sha256: str
+    size: int
+    peer: str | None
+    audit_size: int  # the log's size before the change: its entry, if any, comes after
+
+
+async def put_change(store: Store, change: ModelChange) -> None:
+    await store.conn.execute(
+        "INSERT INTO model_change(id, kind, name, version, sha256, size, peer, audit_size, "
+        "created) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (change.id, change.kind, change.name, change.version, change.sha256, change.size,
+         change.peer, change.audit_size, time.time()),
+    )
+
+
+async def drop_change(store: Store, change_id: str) -> None:
+    await store.conn.execute("DELETE FROM model_change WHERE id = ?", (change_id,))
+
+
+async def pending_changes(store: Store) -> list[ModelChange]:
+    async with store.conn.execute(
+        "SELECT id, kind, name, version, sha256, size, peer, audit_size FROM model_change "
+        "ORDER BY created"
+    ) as cur:
+        rows = await cur.fetchall()
+    return [ModelChange(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], int(r[7])) for r in rows]
 
 
 def next_version(existing: Sequence[str]) -> str:
