@@ -257,7 +257,8 @@ async def _take_forward(daemon: Daemon, scope: Scope, receive: Receive, call: Ca
         call.header_length = int(raw_len)
     call.body = await read_body(scope, receive, daemon.config.node.max_body_bytes)
     await call.hash_off_loop()
-    params = await off_loop(len(call.body), peek_parameters, call.body, call.header_length)
+    params = await off_loop(len(call.body), peek_parameters, call.body, call.header_length,
+                            json_bytes=call.json_bytes)
     call.params = params
     if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
         # The sender labels every forward explicitly; an unlabelled one would otherwise be

@@ -45,7 +45,7 @@ from models import (
     encode_infer_response,
 )
 from node import limits
-from node.http import HTTPError, load_json_object, off_loop
+from node.http import HTTPError, close_pool, load_json_object, off_loop
 from node.modelhost import ModelNotFound, Served
 from node.trail import RefusalTrail
 
@@ -78,6 +78,13 @@ class Call:
     @property
     def caller_name(self) -> str:
         return self.caller if isinstance(self.caller, str) else f"node:{self.caller.node_id}"
+
+    @property
+    def json_bytes(self) -> int:
+        """Bytes of JSON text in the body (all of it without a binary part)."""
+        if self.header_length is None:
+            return len(self.body)
+        return min(max(self.header_length, 0), len(self.body))
 
     def sha256(self) -> str:
         if self.digest is None:
@@ -169,6 +176,7 @@ class Router:
 
     async def close(self) -> None:
         self.trail.flush(force=True)
+        close_pool()
         await self.reset_client()
 
     async def _append_entry(self, kind: str, **fields: Any) -> int:
@@ -228,7 +236,8 @@ class Router:
             return await self._local(call, served, None, "local")
         params = call.params
         if params is None:
-            params = await off_loop(len(call.body), peek_parameters, call.body, call.header_length)
+            params = await off_loop(len(call.body), peek_parameters, call.body,
+                                    call.header_length, json_bytes=call.json_bytes)
             call.params = params
         data = self.data_of(call, params)
         local_refs = {data.model} if served is not None else set()
@@ -302,7 +311,7 @@ class Router:
             # most a multiple of the body (a BYTES flood once took 80x: issue 10 row 8).
             request = await off_loop(len(call.body), functools.partial(
                 decode_infer_request, call.body, call.header_length, record.signature,
-                max_decoded_bytes=decoded_budget(len(call.body))))
+                max_decoded_bytes=decoded_budget(len(call.body))), json_bytes=call.json_bytes)
             if data is None:
                 data = self.data_of(call, request.parameters)
             alone = self._in_flight == 1  # wake the worker and the writer now, not batched
@@ -361,7 +370,8 @@ class Router:
             raise _PeerFailed("no address")
         labels = {"outpost.data_class": data.data_class, "outpost.jurisdiction": data.jurisdiction}
         body, header_length = await off_loop(len(call.body), relabel, call.body,
-                                             call.header_length, labels, call.hops + 1)
+                                             call.header_length, labels, call.hops + 1,
+                                             json_bytes=call.json_bytes)
         path = f"/peer/v1/infer/{call.model}" + (f"/versions/{call.version}" if call.version else "")
         headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id}
         if header_length is not None:

@@ -8,7 +8,10 @@ and the routing here is a handful of fixed paths.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import json
+import multiprocessing
 import re
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -37,17 +40,56 @@ class HTTPError(Exception):
         self.audited = False
         """True once the refusal has its audit entry (the endpoint then adds none)."""
 
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in a decoding process, re-raised here
+        return (_rebuild_error, (self.status, self.message, self.headers, self.audited))
+
     def recorded(self) -> HTTPError:
         self.audited = True
         return self
 
 
+def _rebuild_error(status: int, message: str, headers: list[tuple[bytes, bytes]],
+                   audited: bool) -> HTTPError:
+    error = HTTPError(status, message, headers)
+    error.audited = audited
+    return error
+
+
 T = TypeVar("T")
 
 
-async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on a worker thread when it works on more than ``OFFLOAD_DECODE_BYTES``
-    (parsing 63 MiB of JSON on the loop stalled gossip for 1.8 s), inline otherwise."""
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+
+def _json_pool() -> concurrent.futures.ProcessPoolExecutor:
+    global _pool
+    if _pool is None:
+        # forkserver: children start from a clean interpreter, not a fork of a daemon that
+        # holds sockets, threads and the database.
+        _pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=limits.JSON_DECODE_PROCESSES,
+            mp_context=multiprocessing.get_context("forkserver"))
+    return _pool
+
+
+def close_pool() -> None:
+    """Stop the JSON decoding processes (daemon shutdown)."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
+
+
+async def off_loop(size: int, fn: Callable[..., T], *args: Any, json_bytes: int = 0) -> T:
+    """``fn(*args)`` away from the event loop when it is big: in a decoding process when it
+    parses more than ``OFFLOAD_JSON_PROCESS_BYTES`` of JSON text (the JSON parsers hold the
+    GIL for the whole parse, so a thread would stall the loop all the same: 63 MiB of JSON held
+    it 1.8 s and gossip flapped), on a worker thread when it works on more than
+    ``OFFLOAD_DECODE_BYTES``, inline otherwise. ``fn`` must be a module-level function (its
+    arguments and result cross a process boundary)."""
+    if json_bytes > limits.OFFLOAD_JSON_PROCESS_BYTES:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_json_pool(), functools.partial(fn, *args))
     if size > limits.OFFLOAD_DECODE_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)

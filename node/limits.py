@@ -77,6 +77,16 @@ DECODE_SLACK_BYTES: Final = 1 << 20
 #: node flapped alive/suspect (issue 10 row 9). Below it a thread hop costs more than parsing.
 OFFLOAD_DECODE_BYTES: Final = 256 << 10
 
+#: JSON text larger than this is parsed in a separate decoding process: the JSON parsers (orjson,
+#: the standard library) hold the GIL for a whole parse, so a worker thread would still stall
+#: the loop (~10 ms per MiB here). The process hop costs a copy of the body and of the
+#: decoded tensors, small next to parsing that much text.
+OFFLOAD_JSON_PROCESS_BYTES: Final = 4 << 20
+
+#: Decoding processes (started on the first large JSON body). Two keep one large JSON request
+#: from queueing behind another without taking every core from the models.
+JSON_DECODE_PROCESSES: Final = 2
+
 #: JSON nesting is refused (400) beyond this depth: orjson's own bound, enforced while it
 #: parses (the standard-library fallback for NaN/Infinity stops near Python's recursion limit,
 #: ~1000, and is refused the same way). Tensors nest only as deep as their rank (ONNX models
