@@ -102,7 +102,7 @@ def _binary(name: str, datatype: str, shape: list[int], blob: bytes) -> tuple[by
 def big_json_request(target_bytes: int) -> bytes:
     """A digits request of about ``target_bytes`` of JSON whose shape is one row short, so the
     node must parse it all before refusing it (400) and never runs the model on it."""
-    rows = max(1, target_bytes // (64 * 6))
+    rows = max(1, target_bytes // (64 * 7))  # "0.125, " per value
     values = np.full(rows * 64, 0.125).tolist()
     return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows + 1, 64],
                                    "data": values}]}).encode()
