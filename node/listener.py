@@ -100,12 +100,12 @@ def bounded_protocol(base: type[Any], bounds: Bounds) -> type[Any]:
     """``base`` (uvicorn's httptools protocol or a subclass) with the caps and read deadlines."""
     gate = _Gate(bounds)
 
-    class Bounded(base):  # type: ignore[misc, valid-type]
+    class Bounded(base):  # type: ignore[misc]
         _gate = gate
         _slot: tuple[str | None] | None = None  # (peer,) once admitted
         _deadline: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             if transport.is_closing():
                 return  # the base refused it (e.g. a revoked peer)
