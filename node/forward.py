@@ -223,7 +223,8 @@ class Router:
             self._in_flight -= 1
 
     async def _infer(self, call: Call) -> Answer:
-        await call.hash_off_loop()
+        if len(call.body) > limits.OFFLOAD_DECODE_BYTES:
+            await call.hash_off_loop()
         served = self._served(call)
         engine = self.daemon.engine
         me = self.self_attrs
@@ -309,9 +310,14 @@ class Router:
         try:
             # Large bodies are decoded on a worker thread; the decoded tensors may take at
             # most a multiple of the body (a BYTES flood once took 80x: issue 10 row 8).
-            request = await off_loop(len(call.body), functools.partial(
-                decode_infer_request, call.body, call.header_length, record.signature,
-                max_decoded_bytes=decoded_budget(len(call.body))), json_bytes=call.json_bytes)
+            budget = decoded_budget(len(call.body))
+            if len(call.body) <= limits.OFFLOAD_DECODE_BYTES:  # the common case: no hop at all
+                request = decode_infer_request(call.body, call.header_length, record.signature,
+                                               max_decoded_bytes=budget)
+            else:
+                request = await off_loop(len(call.body), functools.partial(
+                    decode_infer_request, call.body, call.header_length, record.signature,
+                    max_decoded_bytes=budget), json_bytes=call.json_bytes)
             if data is None:
                 data = self.data_of(call, request.parameters)
             alone = self._in_flight == 1  # wake the worker and the writer now, not batched
