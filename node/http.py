@@ -1,5 +1,7 @@
 """Minimal ASGI plumbing shared by the daemon's HTTP apps: reading bounded bodies, decoding
-request compression, and sending JSON or raw responses.
+request compression, parsing request JSON and headers strictly (depth, hop counts, request ids:
+always a 400, never a 500), moving large parses off the event loop, and sending JSON or raw
+responses.
 
 No framework on purpose: the inference path is measured against a bare ASGI handler (DESIGN §9),
 and the routing here is a handful of fixed paths.
