@@ -189,11 +189,15 @@ class Router:
         if error.audited or error.status in (499, 500):
             return  # 499: the client went away; 500: a failure (entries of its own), no refusal
         error.audited = True
+        # The class the request carried, else the one this node gives unlabelled requests
+        # (every infer entry names a class; a refused request is judged by the stricter one).
+        labelled = (call.params or {}).get("outpost.data_class")
+        data_class = str(labelled or self.daemon.config.node.default_data_class)[:200]
         try:
             await self.trail.refused(
                 call.caller_name, kind="infer", outcome=_OUTCOMES.get(error.status, "refused"),
                 status=error.status, reason=error.message, model=model or call.model,
-                version=version or call.version,
+                version=version or call.version, data_class=data_class,
                 input_sha256=call.sha256() if call.body else None,
                 detail={"hops": call.hops, "request": call.request_id[:64]},
             )

@@ -41,7 +41,7 @@ _MAX_KEYS_PER_SOURCE = 16  # aggregate buckets per source; the rest share one "o
 class _Source:
     tokens: float
     at: float
-    counts: dict[tuple[str, str, str, int, str], list[Any]] = field(default_factory=dict)
+    counts: dict[tuple[str, str, str, int, str, str], list[Any]] = field(default_factory=dict)
     window_start: float = 0.0
 
 
@@ -76,9 +76,10 @@ class RefusalTrail:
             )
             return
         verdict = "outcome" if "outcome" in fields else "decision"
-        key = (kind, verdict, str(fields.get(verdict)), status, _clip(model) or "")
+        key = (kind, verdict, str(fields.get(verdict)), status, _clip(model) or "",
+               str(fields.get("data_class") or ""))
         if key not in state.counts and len(state.counts) >= _MAX_KEYS_PER_SOURCE:
-            key = (kind, verdict, "other", 0, "")
+            key = (kind, verdict, "other", 0, "", "mixed")
         if not state.counts:
             state.window_start = now
         slot = state.counts.setdefault(key, [0, reason[:900]])
@@ -124,9 +125,10 @@ class RefusalTrail:
     def _write_aggregates(self, source: str, state: _Source, now: float) -> None:
         counts, state.counts = state.counts, {}
         window = round(now - state.window_start, 3)
-        for (kind, verdict, value, status, model), (count, reason) in counts.items():
+        for (kind, verdict, value, status, model, data_class), (count, reason) in counts.items():
             entry = self._append(
                 kind, model=model or None, caller=_clip(source), **{verdict: value},
+                data_class=data_class or None,
                 reason=f"{count} refusals over the rate limit, e.g.: {reason}"[:1000],
                 detail={"status": status, "aggregated": count, "window_s": str(window)},
             )
