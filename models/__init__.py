@@ -30,6 +30,7 @@ from models.codec import (
 from models.datatypes import DATATYPES, Datatype
 from models.errors import (
     CodecError,
+    DecodedTooLarge,
     InferenceFailed,
     InvalidConfig,
     InvalidModel,
@@ -59,6 +60,7 @@ __all__ = [
     "BlobStore",
     "CodecError",
     "Datatype",
+    "DecodedTooLarge",
     "InferRequest",
     "InferenceFailed",
     "InvalidConfig",

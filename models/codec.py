@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 
 from models.datatypes import Datatype, from_numpy, from_oip, pack_bytes, unpack_bytes
-from models.errors import CodecError, ModelError
+from models.errors import CodecError, DecodedTooLarge, ModelError
 from models.signature import DYNAMIC, ModelSignature, TensorSpec
 
 __all__ = [
@@ -57,6 +57,33 @@ Tensor = np.ndarray[Any, Any]
 
 _LITTLE = sys.byteorder == "little"
 _EMPTY = memoryview(b"")
+
+#: Estimated memory of one decoded BYTES element beyond its data: the ``bytes`` object header
+#: (33), its slot in the object array (8), the list built while unpacking (8) and the
+#: ``std::string`` onnxruntime copies it into (32), rounded up. An estimate, used to refuse a
+#: request before decoding it (``max_decoded_bytes``), not a limit itself.
+BYTES_ELEMENT_OVERHEAD = 96
+
+
+class _Budget:
+    """Bytes of decoded tensor memory a request may still take (None: unbounded)."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def take(self, cost: int, what: str) -> None:
+        if self.left is None:
+            return
+        self.left -= cost
+        if self.left < 0:
+            raise DecodedTooLarge(
+                f"{what}: decoding would take more than {self.limit} bytes of memory (about "
+                f"{cost} for this tensor); BYTES elements cost ~{BYTES_ELEMENT_OVERHEAD} bytes "
+                "each beyond their data: send fewer, larger elements or split the batch"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,20 +120,29 @@ class InferRequest:
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, signature: ModelSignature
+    body: bytes, header_length: int | None, signature: ModelSignature, *,
+    max_decoded_bytes: int | None = None,
 ) -> InferRequest:
-    """Decode and validate an infer request body against the model's signature."""
+    """Decode and validate an infer request body against the model's signature.
+
+    ``max_decoded_bytes`` bounds the memory the decoded tensors may take (estimated from
+    shapes and sizes before anything is allocated); beyond it ``DecodedTooLarge``.
+    """
     header, binary = _split(body, header_length)
     try:
-        return _decode_request(_load_json(header, "request"), binary, signature)
+        return _decode_request(_load_json(header, "request"), binary, signature,
+                               _Budget(max_decoded_bytes))
+    except DecodedTooLarge:
+        raise
     except CodecError:
         # orjson reads integers beyond 64 bits as floats; the standard library keeps them, so a
         # refused request is judged again on its exact values (and named precisely).
-        return _decode_request(_load_json_slow(header, "request"), binary, signature)
+        return _decode_request(_load_json_slow(header, "request"), binary, signature,
+                               _Budget(max_decoded_bytes))
 
 
-def _decode_request(doc: dict[str, Any], binary: memoryview, signature: ModelSignature
-                    ) -> InferRequest:
+def _decode_request(doc: dict[str, Any], binary: memoryview, signature: ModelSignature,
+                    budget: _Budget) -> InferRequest:
 
     entries = doc.get("inputs")
     if not isinstance(entries, list):
@@ -123,7 +159,8 @@ def _decode_request(doc: dict[str, Any], binary: memoryview, signature: ModelSig
             raise CodecError(f"unknown input {name!r}; the model's inputs are {sorted(specs)}")
         if name in decoded:
             raise CodecError(f"input {name!r} is given twice; send each input once")
-        decoded[name], offset = _decode_tensor(entry, f"input {name!r}", binary, offset, spec)
+        decoded[name], offset = _decode_tensor(entry, f"input {name!r}", binary, offset, spec,
+                                               budget)
     missing = [name for name in specs if name not in decoded]
     if missing:
         raise CodecError(f"missing inputs {missing}; the model needs {list(specs)}")
@@ -313,7 +350,8 @@ def _check_consumed(binary: memoryview, offset: int) -> None:
 
 
 def _decode_tensor(
-    entry: dict[str, Any], what: str, binary: memoryview, offset: int, spec: TensorSpec | None
+    entry: dict[str, Any], what: str, binary: memoryview, offset: int, spec: TensorSpec | None,
+    budget: _Budget | None = None,
 ) -> tuple[Tensor, int]:
     datatype = entry.get("datatype")
     if spec is not None and datatype != spec.datatype:
@@ -327,6 +365,8 @@ def _decode_tensor(
     if spec is not None:
         _check_shape(shape, spec, what)
     count = math.prod(shape)
+    if budget is not None:
+        budget.take(count * (BYTES_ELEMENT_OVERHEAD if dt.is_bytes else dt.itemsize), what)
 
     params = entry.get("parameters", {})
     if not isinstance(params, dict):

@@ -12,6 +12,8 @@ given is not a model we can serve"::
     ├── CodecError          an inference request/response body that does not follow the Open
     │                       Inference Protocol, or tensors that do not fit the model's
     │                       signature  -> the daemon answers HTTP 400
+    │   └── DecodedTooLarge a request whose tensors would take more memory decoded than the
+    │                       caller's budget allows -> HTTP 413
     ├── Overloaded          the model's queue is full -> HTTP 503 with Retry-After
     ├── ModelUnavailable    the model version is closed or being unloaded -> HTTP 503
     └── InferenceFailed     onnxruntime raised while running a (valid) request -> HTTP 500
@@ -50,6 +52,11 @@ class InvalidConfig(ModelError, ValueError):
 class CodecError(ModelError):
     """A request or response body does not follow the Open Inference Protocol, or its
     tensors do not match the model's signature. The sender is at fault, not the model."""
+
+
+class DecodedTooLarge(CodecError):
+    """A request whose decoded tensors would exceed the memory budget the caller set (a
+    multiple of the body's size): refused before anything is allocated."""
 
 
 class Overloaded(ModelError):

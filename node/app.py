@@ -157,23 +157,26 @@ class OipApp:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
     ) -> None:
-        if not self.state.ready:
-            raise HTTPError(503, "node is not ready (starting or draining); retry shortly",
-                            [(b"retry-after", b"1")])
-        body = await read_body(scope, receive, self.state.max_body_bytes)
-        raw_len = header(scope, _HDR_LEN)
-        header_length: int | None = None
-        if raw_len is not None:
-            try:
-                header_length = int(raw_len)
-            except ValueError:
-                raise HTTPError(400, "Inference-Header-Content-Length is not an integer") from None
         client = scope.get("client")
-        answer = await self.router.infer(Call(
-            model=name, version=version, body=body, header_length=header_length,
-            caller=f"app@{client[0]}" if client else "app", hops=0,
-            request_id=_next_request_id(),
-        ))
+        call = Call(model=name, version=version, body=b"", header_length=None,
+                    caller=f"app@{client[0]}" if client else "app", hops=0,
+                    request_id=_next_request_id())
+        try:
+            if not self.state.ready:
+                raise HTTPError(503, "node is not ready (starting or draining); retry shortly",
+                                [(b"retry-after", b"1")])
+            call.body = await read_body(scope, receive, self.state.max_body_bytes)
+            raw_len = header(scope, _HDR_LEN)
+            if raw_len is not None:
+                try:
+                    call.header_length = int(raw_len)
+                except ValueError:
+                    raise HTTPError(400, "Inference-Header-Content-Length is not an integer") from None
+            answer = await self.router.infer(call)
+        except HTTPError as exc:
+            # Every refusal is on the trail like a served request (rate-limited per caller).
+            await self.router.refused(call, exc)
+            raise
         if answer.header_length is None:
             headers = [JSON_TYPE]
         else:

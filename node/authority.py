@@ -13,7 +13,6 @@ Everything is files carried by hand: no network. The crypto is ``federation.iden
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from federation import identity
 from federation.identity import Authority
+from node.durable import private_dir, write_atomic
 from node.errors import OperatorError
 
 KEY_FILE = "authority.key"
@@ -38,18 +38,11 @@ def _now() -> datetime:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, data, exclusive=True)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def init_authority(ca_dir: Path, name: str) -> Authority:
@@ -59,10 +52,10 @@ def init_authority(ca_dir: Path, name: str) -> Authority:
             f"{ca_dir} already holds a federation authority; it is kept (a new one would "
             "orphan every enrolled node). Use another --dir for a new federation"
         )
-    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(ca_dir)  # 0700 also when the directory already existed
     authority = Authority.create(name, _now())
     _write_private(ca_dir / KEY_FILE, identity.private_key_to_pem(authority.key))
-    (ca_dir / CERT_FILE).write_bytes(authority.cert_pem)
+    write_atomic(ca_dir / CERT_FILE, authority.cert_pem)
     _write_json(ca_dir / ISSUED_FILE, {})
     _write_json(ca_dir / REVOKED_FILE, {"version": 0, "nodes": []})
     return authority

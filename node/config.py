@@ -320,15 +320,28 @@ def from_dict(raw: dict[str, Any], *, source: str = "config") -> Config:
 
 def load(data_dir: Path) -> Config:
     path = data_dir / CONFIG_FILE
+    restore = (f"restore it from a backup, or move it aside and run `outpost init --data-dir "
+               f"{data_dir} --name NAME` with the node's name (its certificate binds it)")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
+        raw = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(
             f"no node in {data_dir}: {CONFIG_FILE} is missing; run `outpost init --data-dir {data_dir}`"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not text (damaged by a crash?); {restore}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}); fix or delete it") from exc
-    return from_dict(raw, source=str(path))
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix it, or {restore}") from exc
+    if not text.strip():
+        # What a power cut after a non-durable write leaves: starting anyway signed the trail
+        # under another origin.
+        raise ConfigError(f"{path} is empty (cut short by a crash or power loss?); {restore}")
+    config = from_dict(raw, source=str(path))
+    if not config.node.name:
+        raise ConfigError(f"{path} names no node ([node] name is empty or missing; truncated?); "
+                          f"set name = \"NODE-ID\" under [node], or {restore}")
+    return config
 
 
 def render(config: Config) -> str:
@@ -355,10 +368,11 @@ def _toml_value(value: Any) -> str:
 
 
 def save(data_dir: Path, config: Config) -> Path:
+    """Write ``outpost.toml`` atomically and durably (a power cut leaves the old or the new)."""
+    from node.durable import write_atomic
+
     path = data_dir / CONFIG_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(render(config))
-    os.replace(tmp, path)
+    write_atomic(path, render(config))
     return path
 
 

@@ -91,9 +91,9 @@ def daemon_running(data_dir: Path) -> bool:
 
 
 def write_runtime(data_dir: Path, info: RuntimeInfo) -> None:
-    tmp = data_dir / (RUNTIME_FILE + ".tmp")
-    tmp.write_text(json.dumps(info.__dict__))
-    os.replace(tmp, data_dir / RUNTIME_FILE)
+    from node.durable import write_atomic
+
+    write_atomic(data_dir / RUNTIME_FILE, json.dumps(info.__dict__))
 
 
 def read_runtime(data_dir: Path) -> RuntimeInfo | None:

@@ -42,10 +42,11 @@ from typing import Any
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import create_backend
-from node import batch, control, sync
+from node import batch, control, limits, sync
 from node.admin import AdminApp
 from node.app import AppState, OipApp
 from node.audit import AuditError, AuditLog
+from node.bounds import Bounds, raise_fd_limit
 from node.cluster import Cluster
 from node.config import Config
 from node.documents import Documents, PolicyState
@@ -148,6 +149,7 @@ class Daemon:
         await _bounded("listeners", asyncio.gather(*(s.shutdown() for s in self.servers)),
                        drain + STOP_COMPONENT_S)
         await self.tasks.close()
+        await _bounded("request path", self.router.close(), STOP_COMPONENT_S)
         if self.peer_clients is not None:
             await _bounded("peer clients", self.peer_clients.close(), STOP_COMPONENT_S)
         await _bounded("model host", self.host.close(), drain + STOP_COMPONENT_S)
@@ -357,8 +359,11 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             await asyncio.gather(*(s.shutdown() for s in servers))
 
         cleanup.append(shutdown_servers)
+        max_body = config.node.max_body_bytes
+        raise_fd_limit(limits.MAX_APP_CONNECTIONS + limits.MAX_PEER_CONNECTIONS
+                       + limits.MAX_PENDING_HANDSHAKES + limits.FD_RESERVE)
         servers.append(await start_server(OipApp(app_state, host, metrics, router), app_sock,
-                                           drain))
+                                           drain, bounds=Bounds(max_body_bytes=max_body)))
         servers.append(await start_server(admin, admin_sock, drain))
         stoppers: list[Stopper] = []
         if enrolled is not None:
@@ -369,8 +374,10 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             peer_routes(peer_app, fed, cluster, router)
             pull_routes(peer_app, host, policy, audit)
             servers.append(await start_server(
-                peer_app, peer_sock, drain,  # TLS starts in the protocol (node.peer)
-                protocol=protocol_class(credentials),
+                # The server context in force for each handshake (live revocations), under
+                # the handshake deadline and pending cap of node.bounds.
+                peer_app, peer_sock, drain, tls=credentials.server,
+                protocol=protocol_class(credentials), bounds=Bounds.peer(max_body),
             ))
             try:
                 await start_cluster(fed, cluster)

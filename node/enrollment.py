@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from federation import identity
 from federation.errors import FederationError, RollbackRefused
 from federation.identity import NodeIdentity, RevocationList
+from node.durable import write_atomic
 from node.errors import OperatorError
 from node.store import Store, get_doc, put_doc
 
@@ -97,10 +98,8 @@ def install_certificate(data_dir: Path, chain: bytes, node_id: str,
             "this node already belongs to another federation authority; a node cannot move "
             "between federations — initialise a new data directory instead"
         )
-    (data_dir / AUTHORITY_CERT).write_bytes(ca_pem)
-    tmp = data_dir / (NODE_CERT + ".tmp")
-    tmp.write_bytes(node_pem)
-    tmp.replace(data_dir / NODE_CERT)
+    write_atomic(data_dir / AUTHORITY_CERT, ca_pem)
+    write_atomic(data_dir / NODE_CERT, node_pem)
     return ident
 
 

@@ -9,7 +9,6 @@ What it needs of the rest of the node is :class:`FederationDeps` (built whole by
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -26,13 +25,24 @@ from federation.policy_engine import DataAttrs, NodeAttrs
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.config import Config
 from node.forward import Call, Router, peek_parameters
-from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_json, send_response
+from node.http import (
+    HTTPError,
+    Receive,
+    Scope,
+    Send,
+    header,
+    off_loop,
+    parse_hops,
+    parse_request_id,
+    read_body,
+    send_json,
+    send_response,
+)
 from node.limits import (
     AUDIT_PAGE_ENTRIES,
     HEADER_HOPS,
     HEADER_JSON_LENGTH,
     HEADER_REQUEST_ID,
-    MAX_REQUEST_ID_CHARS,
     PROOF_HISTORY,
 )
 from node.peer import PeerApp, PeerCredentials
@@ -258,39 +268,15 @@ def peer_routes(app: PeerApp, deps: FederationDeps, cluster: Cluster, router: Ro
             version = parts[2]
         elif len(parts) != 1 or not model:
             raise HTTPError(404, f"no peer infer endpoint {rest!r}")
-        body = await read_body(scope, receive, deps.config.node.max_body_bytes)
-        raw_len = header(scope, HEADER_JSON_LENGTH.encode())
+        call = Call(model=model, version=version, body=b"", header_length=None,
+                    caller=NodeAttrs(**peer.attributes()), hops=1, request_id="forwarded")
         try:
-            header_length = int(raw_len) if raw_len is not None else None
-            hops = int(header(scope, HEADER_HOPS.encode()) or b"1")
-        except ValueError:
-            raise HTTPError(400, "bad Inference-Header-Content-Length or Outpost-Hops") from None
-        request_id = ((header(scope, HEADER_REQUEST_ID.encode()) or b"").decode()
-                      [:MAX_REQUEST_ID_CHARS] or "forwarded")
-        call = Call(model=model, version=version, body=body, header_length=header_length,
-                    caller=NodeAttrs(**peer.attributes()), hops=max(1, hops),
-                    request_id=request_id)
-        params = peek_parameters(body, header_length)
-        if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
-            # The sender labels every forward explicitly; an unlabelled one would otherwise be
-            # judged with this node's defaults (its jurisdiction, its default class).
-            raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
-                                 "outpost.jurisdiction (set by the sending node)")
-        data = router.data_of(call, params)
-        decision = deps.policy.engine.decide_infer(call.caller, data, me, call.hops)
-        if not decision.allowed:
-            reason = "; ".join(decision.reasons) or "denied"
-            await deps.audit.append(deps.audit.record(
-                "infer", model=model, version=version, caller=call.caller_name,
-                data_class=data.data_class, outcome="denied", reason=reason[:1000],
-                policy_version=decision.policy_version,
-                input_sha256=hashlib.sha256(body).hexdigest(),
-                detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": request_id},
-            ))
-            raise HTTPError(403, f"{deps.node_id} refuses {data.describe()} from "
-                                 f"{peer.node_id}: {reason}")
-        answer = await router.infer(call)
+            await _take_forward(deps, router, scope, receive, call, me)
+            answer = await router.infer(call)
+        except HTTPError as exc:
+            # Refused here, the executor: on this node's trail (rate-limited per peer).
+            await router.refused(call, exc)
+            raise
         headers = [(b"content-type", b"application/json")]
         if answer.header_length is not None:
             headers = [(b"content-type", b"application/octet-stream"),
@@ -335,6 +321,43 @@ def peer_routes(app: PeerApp, deps: FederationDeps, cluster: Cluster, router: Ro
     app.route("GET", "/peer/v1/hello", hello)
     app.route("POST", "/peer/v1/gossip", gossip)
     app.route("POST", "/peer/v1/infer", infer)
+
+
+async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, receive: Receive,
+                        call: Call, me: NodeAttrs) -> None:
+    """Read and check a forwarded request into ``call``; HTTPError for what is refused."""
+    # Headers first (strictly: a peer must not feed 10**30 hops to the policy engine).
+    call.hops = parse_hops(header(scope, HEADER_HOPS.encode()))
+    call.request_id = parse_request_id(header(scope, HEADER_REQUEST_ID.encode()))
+    raw_len = header(scope, HEADER_JSON_LENGTH.encode())
+    if raw_len is not None:
+        if not raw_len.isdigit() or len(raw_len) > 12:
+            raise HTTPError(400, "Inference-Header-Content-Length must be a decimal byte count")
+        call.header_length = int(raw_len)
+    call.body = await read_body(scope, receive, deps.config.node.max_body_bytes)
+    await call.hash_off_loop()
+    params = await off_loop(len(call.body), peek_parameters, call.body, call.header_length,
+                            json_bytes=call.json_bytes)
+    call.params = params
+    if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
+        # The sender labels every forward explicitly; an unlabelled one would otherwise be
+        # judged with this node's defaults (its jurisdiction, its default class).
+        raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
+                             "outpost.jurisdiction (set by the sending node)")
+    data = router.data_of(call, params)
+    decision = deps.policy.engine.decide_infer(call.caller, data, me, call.hops)
+    if not decision.allowed:
+        reason = "; ".join(decision.reasons) or "denied"
+        await deps.audit.append(deps.audit.record(
+            "infer", model=call.model, version=call.version, caller=call.caller_name,
+            data_class=data.data_class, outcome="denied", reason=reason[:1000],
+            policy_version=decision.policy_version, input_sha256=call.sha256(),
+            detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
+                    "request": call.request_id},
+        ))
+        peer = call.caller.node_id if isinstance(call.caller, NodeAttrs) else call.caller
+        raise HTTPError(403, f"{deps.node_id} refuses {data.describe()} from "
+                             f"{peer}: {reason}").recorded()
 
 
 def explain(identity: NodeIdentity | None, peers: PeerDirectory, policy: PolicyView,

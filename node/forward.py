@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -34,13 +35,15 @@ from federation.placement import Candidate, PlacementConfig, place
 from federation.policy_engine import DataAttrs, Decision, NodeAttrs
 from models import (
     CodecError,
+    DecodedTooLarge,
     ModelError,
     ModelUnavailable,
     Overloaded,
     decode_infer_request,
     encode_infer_response,
 )
-from node.http import HTTPError
+from node import limits
+from node.http import HTTPError, close_pool, load_json_object, off_loop
 from node.limits import (
     HEADER_HOPS,
     HEADER_JSON_LENGTH,
@@ -51,6 +54,7 @@ from node.metrics import Metrics
 from node.modelhost import ModelNotFound, Served
 from node.peerclient import PeerClients, PeerError, PeerRefused
 from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView
+from node.refusals import RefusalTrail
 
 log = logging.getLogger("outpost.forward")
 
@@ -88,10 +92,37 @@ class Call:
     caller: str | NodeAttrs  # an app name, or the forwarding node's attested attributes
     hops: int
     request_id: str
+    params: dict[str, Any] | None = None
+    """Request-level parameters once read (the peer endpoint reads them before the router)."""
+    digest: str | None = None
+    """SHA-256 of the body once computed (every entry of the request carries it)."""
 
     @property
     def caller_name(self) -> str:
         return self.caller if isinstance(self.caller, str) else f"node:{self.caller.node_id}"
+
+    @property
+    def json_bytes(self) -> int:
+        """Bytes of JSON text in the body (all of it without a binary part)."""
+        if self.header_length is None:
+            return len(self.body)
+        return min(max(self.header_length, 0), len(self.body))
+
+    def sha256(self) -> str:
+        if self.digest is None:
+            self.digest = hashlib.sha256(self.body).hexdigest()
+        return self.digest
+
+    async def hash_off_loop(self) -> None:
+        """Hash a large body on a worker thread (64 MiB would hold the loop ~40 ms)."""
+        if self.digest is None:
+            self.digest = await off_loop(len(self.body), lambda: hashlib.sha256(self.body)
+                                         .hexdigest())
+
+
+def decoded_budget(body_bytes: int) -> int:
+    """Memory a request's decoded tensors may take: a multiple of its body (node.limits)."""
+    return limits.DECODED_BYTES_PER_BODY_BYTE * body_bytes + limits.DECODE_SLACK_BYTES
 
 
 @dataclass
@@ -106,12 +137,7 @@ def peek_parameters(body: bytes, header_length: int | None) -> dict[str, Any]:
     if header_length is not None and not 0 <= header_length <= len(body):
         raise HTTPError(400, f"Inference-Header-Content-Length {header_length} is outside the "
                              f"body of {len(body)} bytes")
-    try:
-        doc = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, f"request JSON is invalid: {exc}") from None
-    if not isinstance(doc, dict):
-        raise HTTPError(400, "request JSON must be an object with an 'inputs' list")
+    doc = load_json_object(head, "request")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise HTTPError(400, "request 'parameters' must be an object")
@@ -123,7 +149,7 @@ def relabel(body: bytes, header_length: int | None, labels: dict[str, str],
     """The body with the data labels made explicit, so the executor judges the same data."""
     head = body if header_length is None else body[:header_length]
     tail = b"" if header_length is None else body[header_length:]
-    doc = json.loads(head)
+    doc = load_json_object(head, "request")
     params = dict(doc.get("parameters") or {})
     params.update(labels)
     params["outpost.hops"] = hops
@@ -139,12 +165,43 @@ class Router:
         self.timeout_s = timeout_s
         self._latency: dict[str, float] = {}  # model ref -> EWMA seconds of local requests
         self._in_flight = 0  # requests on the one path now: 1 = nothing to batch this one with
+        self.trail = RefusalTrail(self._append_entry)  # refusals, rate-limited per source
 
     # -- helpers -------------------------------------------------------------------------------
 
     @property
     def self_attrs(self) -> NodeAttrs | None:
         return self.deps.me
+
+    async def close(self) -> None:
+        """Write the refusals still counted, stop the decoding pool."""
+        self.trail.flush(force=True)
+        close_pool()
+
+    async def _append_entry(self, kind: str, **fields: Any) -> int:
+        audit = self.deps.audit
+        return await audit.append(audit.record(kind, **fields))
+
+    async def refused(self, call: Call, error: HTTPError, *, model: str | None = None,
+                      version: str | None = None) -> None:
+        """Put a refusal nothing recorded yet on the trail (rate-limited per caller)."""
+        if error.audited or error.status in (499, 500):
+            return  # 499: the client went away; 500: a failure (entries of its own), no refusal
+        error.audited = True
+        # The class the request carried, else the one this node gives unlabelled requests
+        # (every infer entry names a class; a refused request is judged by the stricter one).
+        labelled = (call.params or {}).get("outpost.data_class")
+        data_class = str(labelled or self.deps.default_data_class)[:200]
+        try:
+            await self.trail.refused(
+                call.caller_name, kind="infer", outcome=_OUTCOMES.get(error.status, "refused"),
+                status=error.status, reason=error.message, model=model or call.model,
+                version=version or call.version, data_class=data_class,
+                input_sha256=call.sha256() if call.body else None,
+                detail={"hops": call.hops, "request": call.request_id[:64]},
+            )
+        except Exception as exc:  # the refusal stands; its entry is lost only with the log
+            log.warning("refusal not recorded (%s): %s", exc, error.message)
 
     def data_of(self, call: Call, params: dict[str, Any]) -> DataAttrs:
         data_class = str(params.get("outpost.data_class") or self.deps.default_data_class)
@@ -166,6 +223,8 @@ class Router:
             self._in_flight -= 1
 
     async def _infer(self, call: Call) -> Answer:
+        if len(call.body) > limits.OFFLOAD_DECODE_BYTES:
+            await call.hash_off_loop()
         served = self._served(call)
         engine = self.deps.policy.engine
         me = self.deps.me
@@ -176,7 +235,11 @@ class Router:
                 raise HTTPError(404, f"model {ref!r} is not served here; `outpost models "
                                      "list` shows what is")
             return await self._local(call, served, None, "local")
-        params = peek_parameters(call.body, call.header_length)
+        params = call.params
+        if params is None:
+            params = await off_loop(len(call.body), peek_parameters, call.body,
+                                    call.header_length, json_bytes=call.json_bytes)
+            call.params = params
         data = self.data_of(call, params)
         local_refs = {data.model} if served is not None else set()
         queue = served.model.queue_depth if served else 0
@@ -210,12 +273,12 @@ class Router:
         if attempts:
             reason = "no allowed peer answered: " + "; ".join(attempts)
             await self._audit_forward(call, data, "failed", None, version, reason, attempts)
-            raise HTTPError(503, reason + "; retry later", [(b"retry-after", b"1")])
+            raise HTTPError(503, reason + "; retry later", [(b"retry-after", b"1")]).recorded()
         if denied:
             reason = "; ".join(r.why for r in denied)
             await self._audit_forward(call, data, "denied", None, version, reason, [])
             raise HTTPError(403, f"policy does not allow {data.describe()} to go to any node "
-                                 f"that holds the model: {reason}")
+                                 f"that holds the model: {reason}").recorded()
         if served is None and not any(r.kind != "no-model" for r in refusals):
             raise HTTPError(404, f"model {data.model!r} is served neither here nor by any known "
                                  "peer; `outpost peers` shows what peers hold")
@@ -241,25 +304,42 @@ class Router:
                 await self._audit_infer(call, served, data, "denied", "; ".join(decision.reasons))
                 raise HTTPError(403, "policy does not allow this node to run "
                                      f"{data.describe()} for {call.caller_name}: "
-                                     + ("; ".join(decision.reasons) or "denied"))
+                                     + ("; ".join(decision.reasons) or "denied")).recorded()
         record = served.record
         started = time.perf_counter()
         try:
-            request = decode_infer_request(call.body, call.header_length, record.signature)
+            # Large bodies are decoded on a worker thread; the decoded tensors may take at
+            # most a multiple of the body (a BYTES flood once took 80x: issue 10 row 8).
+            budget = decoded_budget(len(call.body))
+            if len(call.body) <= limits.OFFLOAD_DECODE_BYTES:  # the common case: no hop at all
+                request = decode_infer_request(call.body, call.header_length, record.signature,
+                                               max_decoded_bytes=budget)
+            else:
+                request = await off_loop(len(call.body), functools.partial(
+                    decode_infer_request, call.body, call.header_length, record.signature,
+                    max_decoded_bytes=budget), json_bytes=call.json_bytes)
             if data is None:
                 data = self.data_of(call, request.parameters)
             alone = self._in_flight == 1  # wake the worker and the writer now, not batched
             running = served.model.infer(request.inputs, alone=alone)  # checked, queued now
+        except DecodedTooLarge as exc:
+            error = HTTPError(413, str(exc))
+            await self.refused(call, error, model=record.name, version=record.version)
+            raise error from None
         except CodecError as exc:
-            await self._audit_infer(call, served, data or self.data_of(call, {}), "bad_request",
-                                    str(exc)[:200])
-            raise HTTPError(400, str(exc)) from None
+            error = HTTPError(400, str(exc))
+            await self.refused(call, error, model=record.name, version=record.version)
+            raise error from None
         except Overloaded as exc:
             self.deps.metrics.requests.labels(record.name, record.version, "503").inc()
-            raise HTTPError(503, str(exc), [(b"retry-after",
-                                             str(max(1, round(exc.retry_after))).encode())]) from None
+            error = HTTPError(503, str(exc), [(b"retry-after",
+                                               str(max(1, round(exc.retry_after))).encode())])
+            await self.refused(call, error, model=record.name, version=record.version)
+            raise error from None
         except ModelUnavailable as exc:
-            raise HTTPError(503, str(exc), [(b"retry-after", b"1")]) from None
+            error = HTTPError(503, str(exc), [(b"retry-after", b"1")])
+            await self.refused(call, error, model=record.name, version=record.version)
+            raise error from None
         # The decision to run it here is recorded while it runs: the answer still waits until
         # the entry is durable (DESIGN §3), but the fsync and the run overlap instead of adding.
         admitted = self._append_infer(call, served, data, "admitted", None, alone=alone)
@@ -277,7 +357,7 @@ class Router:
             with contextlib.suppress(HTTPError):
                 await self._withheld(admitted)
             await self._audit_infer(call, served, data, "error", str(exc)[:200])
-            raise HTTPError(500, str(exc)) from None
+            raise HTTPError(500, str(exc)).recorded() from None
         await self._withheld(admitted)
         elapsed = time.perf_counter() - started
         previous = self._latency.get(data.model)
@@ -293,7 +373,9 @@ class Router:
         if address is None:
             raise _PeerFailed("no address")
         labels = {"outpost.data_class": data.data_class, "outpost.jurisdiction": data.jurisdiction}
-        body, header_length = relabel(call.body, call.header_length, labels, call.hops + 1)
+        body, header_length = await off_loop(len(call.body), relabel, call.body,
+                                             call.header_length, labels, call.hops + 1,
+                                             json_bytes=call.json_bytes)
         path = f"/peer/v1/infer/{call.model}" + (f"/versions/{call.version}" if call.version else "")
         headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id}
         if header_length is not None:
@@ -328,14 +410,31 @@ class Router:
                 message = str(json.loads(content).get("error", ""))
             except (ValueError, AttributeError):
                 message = content[:200].decode(errors="replace")
-            if status in (400, 403, 404):
-                # The executor judged the request itself: its answer is final.
-                raise HTTPError(status, f"{target.node_id}: {message}")
+            if status in (400, 403, 404, 413):
+                # The executor judged the request itself (and recorded it): its answer is
+                # final, and this node records that the forward ended refused.
+                error = HTTPError(status, f"{target.node_id}: {message}")
+                await self._refused_by_peer(call, data, target.node_id, error)
+                raise error
             raise _PeerFailed(f"{status} {message[:120]}")
         self.deps.metrics.forwards.labels(target.node_id, "200").inc()
         return _annotated_answer(content, int(json_len) if json_len else None, why)
 
     # -- audit ---------------------------------------------------------------------------------
+
+    async def _refused_by_peer(self, call: Call, data: DataAttrs, peer: str,
+                               error: HTTPError) -> None:
+        error.audited = True
+        try:
+            await self.trail.refused(
+                call.caller_name, kind="forward", decision="refused", status=error.status,
+                reason=error.message, model=call.model, version=call.version, peer=peer,
+                data_class=data.data_class, input_sha256=call.sha256(),
+                detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
+                        "request": call.request_id[:64]},
+            )
+        except Exception as exc:
+            log.warning("refusal by %s not recorded (%s)", peer, exc)
 
     def _append_infer(self, call: Call, served: Served, data: DataAttrs, outcome: str,
                       reason: str | None, *, alone: bool = False) -> Awaitable[int]:
@@ -346,7 +445,7 @@ class Router:
             return audit.append_bytes(audit.record(
                 "infer", model=served.record.name, version=served.record.version,
                 caller=call.caller_name, data_class=data.data_class, outcome=outcome,
-                input_sha256=hashlib.sha256(call.body).hexdigest(), reason=reason,
+                input_sha256=call.sha256(), reason=reason,
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "request": call.request_id[:MAX_REQUEST_ID_CHARS]},
@@ -377,13 +476,18 @@ class Router:
                 "forward", model=call.model, version=call.version, caller=call.caller_name,
                 data_class=data.data_class, decision=decision, peer=target,
                 policy_version=policy_version, reason=reason[:1000],
-                input_sha256=hashlib.sha256(call.body).hexdigest(),
+                input_sha256=call.sha256(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "failed": len(attempts), "request": call.request_id[:MAX_REQUEST_ID_CHARS]},
             ))
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); retry shortly",
                             [(b"retry-after", b"1")]) from None
+
+
+# The outcome an endpoint refusal is recorded with, by HTTP status.
+_OUTCOMES = {400: "bad_request", 403: "denied", 404: "not_found", 405: "bad_request",
+             408: "bad_request", 413: "too_large", 415: "bad_request", 503: "unavailable"}
 
 
 class _PeerFailed(Exception):

@@ -6,13 +6,13 @@ what certifies it (the federation authority) live in ``federation``.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from node.durable import write_atomic
 from node.errors import OperatorError
 
 KEY_FILE = "node.key"
@@ -37,13 +37,9 @@ def create_key(data_dir: Path) -> tuple[Ed25519PrivateKey, bool]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    # O_EXCL: two concurrent `outpost init` runs cannot both write a key.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # Exclusive: two concurrent `outpost init` runs cannot both write a key; durable: a power
+    # cut cannot leave an empty key file behind.
+    write_atomic(path, pem, exclusive=True)
     return key, True
 
 

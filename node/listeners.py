@@ -12,12 +12,10 @@ import contextlib
 import errno
 import os
 import socket
-import ssl
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from node.bounds import BoundedServer, Bounds, TlsContext, serve_config
 from node.config import parse_hostport
 from node.errors import StartupError
 
@@ -60,33 +58,19 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
-class Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns the lifecycle."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
+Server = BoundedServer  # uvicorn, the daemon owning signals, listeners bounded (node.bounds)
 
 
 async def start_server(app: Any, sock: socket.socket, drain_s: float, *,
-                        tls: ssl.SSLContext | None = None,
-                        protocol: type[asyncio.Protocol] | None = None) -> Server:
-    """A uvicorn server on ``sock``, accepting once this returns."""
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        # The caller recorded in the audit log is the socket's peer: never a header a local
-        # app can write (uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1).
-        proxy_headers=False,
-        timeout_graceful_shutdown=max(drain_s, 0.01),  # type: ignore[arg-type]  # float works
-        http=protocol or "httptools",
-        loop="none",
-    )
-    config.load()
-    config.ssl = tls  # a ready context: uvicorn would only build one from files
-    server = Server(config)
+                       tls: TlsContext | None = None,
+                       protocol: type[asyncio.Protocol] | None = None,
+                       bounds: Bounds | None = None) -> Server:
+    """A uvicorn server on ``sock``, accepting once this returns. ``bounds``: caps and read
+    deadlines (``node.bounds``); ``tls``: a context, or a function giving the context for
+    each new connection (so a revocation list that arrives later is checked in the
+    handshake)."""
+    config = serve_config(app, drain_s, protocol, bounds)
+    server = BoundedServer(config, bounds, tls)
     server.lifespan = config.lifespan_class(config)
     await server.startup(sockets=[sock])
     return server

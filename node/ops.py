@@ -21,6 +21,7 @@ from models.datatypes import from_oip
 from node import config as cfg
 from node import control
 from node.client import DaemonError, connect
+from node.durable import private_dir
 from node.keys import create_key, load_key
 from node.modelhost import ModelHost
 from node.offline import OfflineNode, run_offline
@@ -47,7 +48,7 @@ def _offline(data_dir: Path, holder: str, fn: Callable[[ModelHost], Awaitable[T]
 
 
 def init_node(data_dir: Path, *, name: str | None = None, sample: bool = True) -> InitResult:
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(data_dir)  # 0700 also when the directory already existed (e.g. made by hand)
     messages: list[str] = []
     config_path = data_dir / cfg.CONFIG_FILE
     if config_path.exists():

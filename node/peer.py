@@ -40,6 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from federation.errors import FederationError
 from federation.identity import NodeIdentity, RevocationList
 from node.http import HTTPError, Receive, Scope, Send, send_error
+from node.limits import TLS_HANDSHAKE_TIMEOUT_S
 from node.tls import peer_identity, server_context
 
 log = logging.getLogger("outpost.peer")
@@ -49,7 +50,7 @@ PeerHandler = Callable[[Scope, Receive, Send, NodeIdentity, str], Awaitable[None
 
 # A client must finish the TLS handshake within this many seconds of connecting; a connection
 # that never starts TLS would otherwise hold a file descriptor for asyncio's default of 60 s.
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = TLS_HANDSHAKE_TIMEOUT_S
 
 
 class PeerCredentials:
@@ -103,8 +104,8 @@ def protocol_class(credentials: PeerCredentials) -> type[asyncio.Protocol]:
         _tls = False  # TLS was put under this connection (the next connection_made is TLS)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            if not self._tls:
-                # Plain TCP: put TLS under it now, synchronously, with the context in force
+            if not self._tls and transport.get_extra_info("ssl_object") is None:
+                # Plain TCP (a listener without a TLS acceptor): put TLS under it now, synchronously, with the context in force
                 # now — exactly what asyncio does for a listener's context (start_tls would
                 # leave a window in which uvloop delivers the ClientHello to this protocol).
                 self._tls = True
@@ -117,6 +118,7 @@ def protocol_class(credentials: PeerCredentials) -> type[asyncio.Protocol]:
                 tls.connection_made(transport)
                 return
             # The handshake completed: ``transport`` is the TLS transport.
+            self._tls = True
             super().connection_made(transport)
             try:
                 self.peer = credentials.identify(transport.get_extra_info("ssl_object"))

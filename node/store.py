@@ -10,10 +10,12 @@ callers that need many durable writes per second batch them (group commit, ``nod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 from models import ModelSignature
+from node.durable import private_dir, private_files
 from node.errors import NodeFault, OperatorError
 
 DB_FILE = "outpost.db"
@@ -96,6 +99,15 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE replica_head (origin TEXT PRIMARY KEY, size INTEGER NOT NULL,"
         " note TEXT NOT NULL, cert BLOB NOT NULL)",
     ],
+    # model changes whose audit entry may not be written yet (node/modelhost.py): inserted in
+    # the transaction that changes the catalogue, deleted once the entry is durable; a row
+    # left by a crash is put on the trail at the next start, marked recovered
+    [
+        "CREATE TABLE model_change (id TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+        " name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " size INTEGER NOT NULL, peer TEXT, audit_size INTEGER NOT NULL,"
+        " created REAL NOT NULL)",
+    ],
 ]
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -111,6 +123,14 @@ class Store:
     @classmethod
     async def open(cls, data_dir: Path, migrations: Sequence[list[str]] = MIGRATIONS) -> Store:
         path = data_dir / DB_FILE
+        # Owner only, also when the directory or the files already existed (an `init` into an
+        # existing 0755 directory left outpost.db 0644). SQLite creates -wal and -shm with the
+        # database's mode; existing ones are tightened here too.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            private_dir(data_dir)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            private_files(path, path.with_name(DB_FILE + "-wal"),
+                          path.with_name(DB_FILE + "-shm"))
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -173,6 +193,17 @@ class Store:
         )
 
     # -- models -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Statements in the block commit together or not at all."""
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        await self.conn.execute("COMMIT")
 
     async def add_model(
         self, name: str, version: str, sha256: str, size: int, signature: ModelSignature
@@ -247,6 +278,42 @@ def _model(row: Any) -> ModelRecord:
         signature=ModelSignature.from_json(json.loads(row[4])),
         added_at=float(row[5]),
     )
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """A catalogue change whose audit entry is not known to be durable (``model_change``)."""
+
+    id: str
+    kind: str  # model.add | model.pull | model.remove
+    name: str
+    version: str
+    sha256: str
+    size: int
+    peer: str | None
+    audit_size: int  # the log's size before the change: its entry, if any, comes after
+
+
+async def put_change(store: Store, change: ModelChange) -> None:
+    await store.conn.execute(
+        "INSERT INTO model_change(id, kind, name, version, sha256, size, peer, audit_size, "
+        "created) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (change.id, change.kind, change.name, change.version, change.sha256, change.size,
+         change.peer, change.audit_size, time.time()),
+    )
+
+
+async def drop_change(store: Store, change_id: str) -> None:
+    await store.conn.execute("DELETE FROM model_change WHERE id = ?", (change_id,))
+
+
+async def pending_changes(store: Store) -> list[ModelChange]:
+    async with store.conn.execute(
+        "SELECT id, kind, name, version, sha256, size, peer, audit_size FROM model_change "
+        "ORDER BY created"
+    ) as cur:
+        rows = await cur.fetchall()
+    return [ModelChange(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], int(r[7])) for r in rows]
 
 
 def next_version(existing: Sequence[str]) -> str:
