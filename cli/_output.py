@@ -146,7 +146,8 @@ def print_peers(rows: list[dict[str, Any]]) -> None:
                   "policy", "checkpoint", "address")
     for r in rows:
         models = ", ".join(f"{m['name']}:{m['version']}" for m in r.get("models", []))
-        state = r["state"] + (" EQUIVOCATED" if r.get("equivocated") else "")
+        state = r["state"] + (" EQUIVOCATED" if r.get("equivocated") else "") + (
+            " ROLLED-BACK" if r.get("rolled_back") else "")
         table.add_row(r["node_id"], state, r.get("tier") or "?", r.get("site") or "?",
                       r.get("jurisdiction") or "?", models or "-", str(r.get("queue", "-")),
                       str(r.get("rtt_ms") or "-"),

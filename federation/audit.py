@@ -117,6 +117,7 @@ KINDS = frozenset(
         "token.revoke",
         "audit.replicate",
         "peer.refused",
+        "rollback",
     }
 )
 # An entry is metadata: these bounds keep a buggy caller from smuggling payloads in.

@@ -173,6 +173,7 @@ class Daemon:
     router: Router | None = None
     gpus: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    trail: Any = None  # node.trail.Trail: tiles, witness, cosignatures
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, kept referenced, errors logged."""
@@ -204,6 +205,7 @@ class Daemon:
             "equivocations": [
                 {"origin": e.origin, "size": e.size} for e in self.cluster.equivocations
             ] if self.cluster else [],
+            "witness": self.trail.status() if self.trail else None,
             "runtime": self.host.backend.describe() if self.host.backend else None,
             "models": [
                 {
@@ -267,6 +269,8 @@ class Daemon:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.trail is not None:
+            await self.trail.close()
         if self.router is not None:
             await self.router.close()
         await self.host.close()
@@ -443,6 +447,14 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                 ) from None
         host_addr, port = app_sock.getsockname()[:2]
         daemon.listen = f"{host_addr}:{port}"
+        from node.trail import TilesApp, start_trail
+
+        daemon.trail = await start_trail(daemon, key)
+        if config.audit.tiles_listen:
+            tiles_sock = bind_tcp(config.audit.tiles_listen, key="audit.tiles_listen")
+            daemon.servers.append(await _start_server(TilesApp(daemon.trail.tiles), tiles_sock,
+                                                      drain))
+            daemon.trail.listen = "{}:{}".format(*tiles_sock.getsockname()[:2])
     except BaseException:
         for close in reversed(cleanup):
             with contextlib.suppress(Exception):

@@ -292,7 +292,16 @@ async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
 async def peers_view(daemon: Daemon) -> list[dict[str, Any]]:
     if daemon.cluster is None:
         return []
-    return daemon.cluster.peers()
+    rows = daemon.cluster.peers()
+    if daemon.trail is not None:  # what this node witnessed of each peer's log (node.trail)
+        rolled = {r["origin"] for r in daemon.trail.rollbacks()}
+        for row in rows:
+            origin = f"outpost/{daemon.identity.federation}/{row['node_id']}" \
+                if daemon.identity else ""
+            held = daemon.trail.state.held(origin)
+            row["witnessed_size"] = held.size if held else None
+            row["rolled_back"] = origin in rolled
+    return rows
 
 
 def _load1() -> float:
