@@ -71,8 +71,12 @@ log = logging.getLogger("outpost.trail")
 IMMUTABLE = "public, max-age=31536000, immutable"
 # The checkpoint moves with every commit: the spec asks for no caching beyond a few seconds.
 CHECKPOINT_CACHE = "no-cache, max-age=2"
-# Full hash tiles of replicas (computed from entries) kept in memory: 8 KiB each, 8 MiB.
-REPLICA_TILE_CACHE = 1024
+# Full tiles and bundles are immutable: the most recently served are kept in memory, up to
+# this many bytes (hash tiles are 8 KiB, bundles ~64 KiB), so hot tiles cost no database read.
+# Bounded well inside the daemon's idle RSS budget.
+TILE_CACHE_BYTES = 16 * 1024 * 1024
+# The list of logs held (own + replicas) is re-read at most this often per request burst.
+ORIGINS_TTL_S = 1.0
 # How long one add-checkpoint exchange may take before the witness counts as unreachable.
 WITNESS_TIMEOUT_S = 10.0
 # Cosigned checkpoints kept per witness (older rows are pruned): a history for `audit verify`.
@@ -102,14 +106,36 @@ class TileStore:
         self.daemon = daemon
         self.store: Store = daemon.store
         self._cache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._cached_bytes = 0
+        self._origins: tuple[float, list[str]] = (-1.0, [])
 
     @property
     def own(self) -> str:
         return self.daemon.audit.origin
 
     async def origins(self) -> list[str]:
+        at, held = self._origins
+        if time.monotonic() - at < ORIGINS_TTL_S:
+            return held
         rows = await self.store.conn.execute_fetchall("SELECT origin FROM replica_head")
-        return [self.own, *(str(r[0]) for r in rows)]
+        held = [self.own, *(str(r[0]) for r in rows)]
+        self._origins = (time.monotonic(), held)
+        return held
+
+    def _cached(self, key: tuple[str, int, int]) -> bytes | None:
+        data = self._cache.get(key)
+        if data is not None:
+            self._cache.move_to_end(key)
+        return data
+
+    def _keep(self, key: tuple[str, int, int], data: bytes) -> None:
+        if key in self._cache:
+            return
+        self._cache[key] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > TILE_CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
 
     async def checkpoint(self, origin: str) -> str | None:
         if origin == self.own:
@@ -127,16 +153,23 @@ class TileStore:
 
     async def tile(self, origin: str, tile: TileId) -> bytes | None:
         """The tile's bytes, or None when the log is not held here or does not reach it."""
+        key = (origin, tile.level, tile.index)
+        if tile.is_full and (hit := self._cached(key)) is not None:
+            return hit
         size = await self.size(origin)
         if size is None or not tile_exists(tile, size):
             return None
         first = tile.index * 256
         if tile.is_entries:
-            return encode_bundle(await self._entries(origin, first, first + tile.width))
-        if origin == self.own:
+            data = encode_bundle(await self._entries(origin, first, first + tile.width))
+        elif origin == self.own:
             found = await _fetch_nodes(self.store, tile_nodes(tile))
-            return b"".join(found[n] for n in tile_nodes(tile))
-        return b"".join(await self._replica_hashes(origin, tile))
+            data = b"".join(found[n] for n in tile_nodes(tile))
+        else:
+            data = b"".join(await self._replica_hashes(origin, tile))
+        if tile.is_full:
+            self._keep(key, data)
+        return data
 
     async def _entries(self, origin: str, start: int, end: int) -> list[bytes]:
         if origin == self.own:
@@ -152,9 +185,7 @@ class TileStore:
     async def _replica_hashes(self, origin: str, tile: TileId) -> list[bytes]:
         """Replicas keep entries only: hash tiles are recomputed, full ones cached."""
         key = (origin, tile.level, tile.index)
-        if tile.is_full and key in self._cache:
-            self._cache.move_to_end(key)
-            data = self._cache[key]
+        if tile.is_full and (data := self._cached(key)) is not None:
             return [data[i : i + 32] for i in range(0, len(data), 32)]
         first = tile.index * 256
         if tile.level == 0:
@@ -165,9 +196,7 @@ class TileStore:
                 below = await self._replica_hashes(origin, TileId(tile.level - 1, first + i))
                 hashes.append(_mth256(below))
         if tile.is_full:
-            self._cache[key] = b"".join(hashes)
-            while len(self._cache) > REPLICA_TILE_CACHE:
-                self._cache.popitem(last=False)
+            self._keep(key, b"".join(hashes))
         return hashes
 
 
@@ -323,11 +352,10 @@ class Trail:
         if body in self.handled:
             return
         self.handled.add(body)
-        kind = "rollback" if isinstance(ev, RollbackEvidence) else "equivocation"
+        kind = f"rollback:{ev.kind}" if isinstance(ev, RollbackEvidence) else "equivocation"
         await self.daemon.store.conn.execute(
             "INSERT OR IGNORE INTO witness_evidence(origin, kind, body, seen) VALUES (?,?,?,?)",
-            (ev.origin, kind if kind == "equivocation" else f"rollback:{ev.kind}", body,
-             time.time()))
+            (ev.origin, kind, body, time.time()))
         await self.daemon.store.conn.commit()
         node_id = ev.origin.rsplit("/", 1)[-1]
         if isinstance(ev, RollbackEvidence):

@@ -172,8 +172,8 @@ async def _verify_log(base: str, verifier: Verifier, cosigners: list[Cosignature
                         f.result()
             for tile, want in builder.finish():
                 pending.add(asyncio.create_task(check(tile, want)))
-            for f in asyncio.as_completed(pending):
-                await f
+            for done_task in asyncio.as_completed(pending):
+                await done_task
         finally:
             for t in [*ahead, *pending]:
                 t.cancel()

@@ -80,3 +80,33 @@ def test_peers_cosign_checkpoints_and_read_tiles_only_when_policy_allows(fed: Fe
         held = http.get(f"https://127.0.0.1:{fed.ports['node-b']}/peer/v1/witness/held",
                         params={"origin": "outpost/acme/node-a"})
         assert held.status_code == 200 and held.text.startswith("outpost/acme/node-a\n")
+
+
+def test_collector_serves_the_replicas_it_holds_one_prefix_per_origin(fed: Fed) -> None:
+    fed.add("node-a")
+    collector = fed.add("collector", tier="onprem", seed="node-a")
+    port = free_port()
+    write_config(collector, "audit", tiles_listen=f"127.0.0.1:{port}")
+    policy = fed.tmp / "p.cedar"
+    policy.write_text('permit(principal, action == Action::"audit.replicate", resource)\n'
+                      '  when { principal.tier == "onprem" };\n')
+    bundle = fed.tmp / "b.json"
+    outpost("policy", "sign", str(policy), "--version", "1", "--ca", str(fed.ca), "-o",
+            str(bundle))
+    fed.start("node-a")
+    fed.start("collector")
+    outpost("policy", "apply", str(bundle), data_dir=fed.dirs["node-a"])
+    url = f"http://127.0.0.1:{port}/outpost/acme/node-a"
+
+    def replicated() -> bool:
+        return httpx.get(f"{url}/checkpoint").status_code == 200
+
+    eventually(replicated, timeout=60, what="collector serves node-a's replica")
+    vkey = outpost("audit", "vkey", data_dir=fed.dirs["node-a"]).stdout.strip()
+    ok = json.loads(outpost("audit", "verify-log", url, "--vkey", vkey, "--state",
+                            str(fed.tmp / "s.json"), "--json").stdout)
+    assert ok["origin"] == "outpost/acme/node-a" and ok["entries"] == ok["size"] > 0
+    # Its own log at the root and under its origin; an unknown origin is a 404.
+    own = httpx.get(f"http://127.0.0.1:{port}/checkpoint").text
+    assert own.startswith("outpost/acme/collector\n")
+    assert httpx.get(f"http://127.0.0.1:{port}/outpost/acme/nobody/checkpoint").status_code == 404

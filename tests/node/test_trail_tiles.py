@@ -128,13 +128,17 @@ def test_verify_log_passes_then_catches_an_edited_entry_and_remembers(
     other = outpost("audit", "verify-log", url, "--vkey", vkey.replace("node-a", "node-b"),
                     "--state", str(state), check=False)
     assert other.returncode == 1 and "key" in other.stderr
-    # An entry edited in the database (the row a human reads) breaks the served tree.
+    # An entry edited in the database (the row a human reads) breaks the served tree. (Full
+    # tiles already served come from the daemon's cache of immutable tiles: edit one in the
+    # newest, partial bundle, which is read from the database each time.)
     db = sqlite3.connect(proc.data_dir / "outpost.db")
-    db.execute("UPDATE audit_entry SET entry = replace(entry, 'digits', 'digitz') WHERE seq = 5")
+    db.execute("UPDATE audit_entry SET entry = replace(entry, 'digits', 'digitz') "
+                "WHERE seq = 260")
     db.commit()
     db.close()
     bad = outpost("audit", "verify-log", url, "--vkey", vkey, "--state", str(state), check=False)
-    assert bad.returncode == 1 and "tile/0/000" in bad.stderr, bad.stderr
+    assert bad.returncode == 1 and "tampered" in bad.stderr and "tile/0/001.p/" in bad.stderr, \
+        bad.stderr
 
 
 def test_verify_proof_offline_good_and_tampered(
