@@ -139,8 +139,11 @@ def configure(data_dir: Path, **audit: Any) -> None:
 async def serve_bench(url: str, size: int, requests: int) -> dict[str, Any]:
     full = size // 256
     out: dict[str, Any] = {}
-    async with httpx.AsyncClient(base_url=url, timeout=30,
-                                 limits=httpx.Limits(max_connections=8)) as http:
+    # A fresh pool per cell: uvicorn closes keep-alive connections idle for 5 s, and reusing
+    # one just as it closes is a client-side race, not a serving failure.
+    transport = httpx.AsyncHTTPTransport(retries=0, limits=httpx.Limits(max_connections=8,
+                                         keepalive_expiry=2.0))
+    async with httpx.AsyncClient(base_url=url, timeout=30, transport=transport) as http:
         for name, make in (
             ("hash tile L0 (8 KiB)", lambda: TileId(0, random.randrange(full)).path),
             ("entry bundle (256)", lambda: TileId(-1, random.randrange(full)).path),

@@ -110,10 +110,16 @@ async def _verify_log(base: str, verifier: Verifier, cosigners: list[Cosignature
     async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, limits=limits) as http:
 
         async def get(path: str) -> bytes:
-            try:
-                r = await http.get(f"{base}/{path}")
-            except httpx.HTTPError as exc:
-                raise TrailError(f"cannot fetch {base}/{path}: {exc}") from None
+            for attempt in range(3):
+                try:
+                    r = await http.get(f"{base}/{path}")
+                    break
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                    # A keep-alive connection the server closed as we reused it: try again.
+                    if attempt == 2:
+                        raise TrailError(f"cannot fetch {base}/{path}: {exc}") from None
+                except httpx.HTTPError as exc:
+                    raise TrailError(f"cannot fetch {base}/{path}: {exc}") from None
             if r.status_code != 200:
                 raise TrailError(f"{base}/{path} answered {r.status_code}: {r.text[:200]}")
             return r.content
