@@ -212,3 +212,87 @@ def test_export_and_tail_filters(tiles_daemon: tuple[DaemonProc, str],
         capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": env_path, "PATH": "/usr/bin"})
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "outpost[batch]" in result.stderr
+
+
+# -- an external witness, added by URL and verifier key ----------------------------------
+
+
+class _ExternalWitness:
+    """A tlog-witness service that is not Outpost: stdlib HTTP server around the protocol core
+    (the way any third-party witness would answer). Records the statuses it answered."""
+
+    def __init__(self, log_vkey: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from federation.note import Verifier
+        from federation.witness import Cosigner, WitnessState
+
+        self.cosigner = Cosigner("witness.example/w1", Ed25519PrivateKey.generate())
+        self.state = WitnessState("witness.example/w1")
+        self.answers: list[int] = []
+        verifier = Verifier.from_vkey(log_vkey)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                import time as _time
+
+                result = outer.state.add_checkpoint(
+                    body, {verifier.name: verifier}, cosigner=outer.cosigner,
+                    now=int(_time.time()))
+                outer.answers.append(result.status)
+                data = result.body.encode()
+                self.send_response(result.status)
+                self.send_header("content-type", result.content_type)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/w"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_external_witness_by_url_and_vkey_cosigns_across_restarts(tmp_path: Path) -> None:
+    from tests.fedharness import eventually
+
+    data_dir = tmp_path / "node"
+    init_node(data_dir, "node-a", "--no-sample")
+    vkey = outpost("audit", "vkey", data_dir=data_dir).stdout.strip()
+    witness = _ExternalWitness(vkey)
+    try:
+        write_config(data_dir, "audit", witness_quorum=1,
+                     witnesses=[f"{witness.url} {witness.cosigner.verifier.vkey}"])
+        write_config(data_dir, "federation", checkpoint_interval_s=0.5)
+        proc = start_daemon(data_dir)
+        try:
+            out = eventually(lambda: (r := outpost("audit", "checkpoint", "--cosigned",
+                                                   data_dir=data_dir, check=False)).returncode
+                             == 0 and r, timeout=30, what="cosigned by the external witness")
+            assert "\u2014 witness.example/w1 " in out.stdout and "witnessed" in out.stderr
+        finally:
+            proc.stop()
+        held = witness.state.held("outpost/local/node-a")
+        assert held is not None
+        # Restarted, the node does not know what the witness holds: 409 tells it, and the
+        # next request carries the consistency proof from there.
+        proc = start_daemon(data_dir)
+        try:
+            eventually(lambda: (h := witness.state.held("outpost/local/node-a")) is not None
+                       and h.size > held.size, timeout=30, what="witness follows the restart")
+        finally:
+            proc.stop()
+        assert 409 in witness.answers and witness.answers[-1] == 200
+        assert 422 not in witness.answers and 403 not in witness.answers
+    finally:
+        witness.close()
