@@ -17,7 +17,7 @@ import pytest
 
 from federation.merkle import node_from_key
 from tests.conftest import outpost, write_config
-from tests.fedharness import Fed, eventually, peers, status
+from tests.fedharness import Fed, eventually, free_port, peers, status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,7 +59,9 @@ def _cut_back(db_path: Path, below: int) -> int:
 def test_log_cut_back_with_sql_is_caught_by_verify_and_flagged_by_the_witness(fed: Fed) -> None:
     a = fed.add("node-a")
     b = fed.add("node-b", seed="node-a")
-    write_config(a, "audit", checkpoint_every_s=0.1)  # retain signed checkpoints often
+    tiles = free_port()
+    write_config(a, "audit", checkpoint_every_s=0.1,  # retain signed checkpoints often
+                 tiles_listen=f"127.0.0.1:{tiles}")
     fed.start("node-a")
     fed.start("node-b")
     for version in range(1, 6):
@@ -67,6 +69,11 @@ def test_log_cut_back_with_sql_is_caught_by_verify_and_flagged_by_the_witness(fe
     size_a = status(a)["audit"]["size"]
     held = eventually(lambda: (h := _held(b)) >= size_a and h, timeout=60,
                       what="node-b witnessed node-a's grown log")
+    # An outside auditor verified node-a's log from its tiles and remembers it.
+    vkey = outpost("audit", "vkey", data_dir=a).stdout.strip()
+    state = fed.tmp / "auditor.json"
+    url = f"http://127.0.0.1:{tiles}"
+    outpost("audit", "verify-log", url, "--vkey", vkey, "--state", str(state))
     fed.procs["node-a"].stop()
     cut = _cut_back(a / "outpost.db", held - 3)
     assert 0 < cut <= held - 3
@@ -82,6 +89,10 @@ def test_log_cut_back_with_sql_is_caught_by_verify_and_flagged_by_the_witness(fe
 
     stderr = eventually(caught, timeout=60, what="audit verify at node-a catches the cut")
     assert "node-b" in stderr and str(held) in stderr
+    # The auditor's next verify-log reports the rollback from what it remembered.
+    again = outpost("audit", "verify-log", url, "--vkey", vkey, "--state", str(state),
+                    check=False)
+    assert again.returncode == 1 and "ROLLBACK" in again.stderr
 
     # The witness flagged it: status, peers and its own trail.
     rollbacks = eventually(lambda: status(b)["witness"]["rollbacks"], timeout=60,
