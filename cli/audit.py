@@ -145,3 +145,19 @@ def witness_key(data_dir: Path) -> None:
 
 
 COMMANDS.append(witness_key)
+
+
+@click.command("entry")
+@data_dir_option
+@click.option("--index", type=int, required=True, help="Leaf index.")
+def entry(data_dir: Path, index: int) -> None:
+    """Print one entry's exact bytes as logged (canonical JSON, no newline): the --entry file
+    of `verify-proof`."""
+    from node.trail_ops import entry_bytes
+
+    with out.errors():
+        data = entry_bytes(data_dir, index)
+    click.get_binary_stream("stdout").write(data)
+
+
+COMMANDS.append(entry)

@@ -427,3 +427,11 @@ def witness_vkey(data_dir: Path) -> str:
 
     origin, _ = _verifier_names(data_dir)
     return CosignatureVerifier(witness_name(origin), load_key(data_dir).public_key()).vkey
+
+
+def entry_bytes(data_dir: Path, index: int) -> bytes:
+    for seq, raw in _entries(data_dir, index):
+        if seq == index:
+            return raw
+        break
+    raise TrailError(f"no entry {index} in this log; `outpost audit tail` shows the indexes")
