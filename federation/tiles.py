@@ -225,7 +225,7 @@ def decode_bundle(data: bytes, width: int | None = None) -> list[bytes]:
     return entries
 
 
-def _mth256(hashes: list[bytes]) -> bytes:
+def subtree_root(hashes: list[bytes]) -> bytes:
     """Root of a perfect tree of 256 hashes (a full tile's hash one level up)."""
     level = hashes
     while len(level) > 1:
@@ -285,7 +285,7 @@ class TileBuilder:
                 return
             index = self._full_count(level)
             done.append((TileId(level, index), b"".join(pending)))
-            h = _mth256(pending)
+            h = subtree_root(pending)
             self._pending[level] = []
             level += 1
 
@@ -318,4 +318,4 @@ def bundles(size: int) -> Iterator[TileId]:
         yield TileId(-1, full, rest)
 
 
-__all__ += ["bundles", "encode_tile"]
+__all__ += ["bundles", "encode_tile", "subtree_root"]

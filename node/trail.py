@@ -35,16 +35,16 @@ import httpx
 
 from federation.audit import EquivocationEvidence
 from federation.errors import FederationError, MalformedInput
-from federation.items import make_evidence_item, read_checkpoint_item
+from federation.items import make_evidence_item
 from federation.merkle import leaf_hash
 from federation.messages import Item, ItemKind
 from federation.note import Checkpoint, Verifier
 from federation.policy_engine import NodeAttrs
 from federation.tiles import (
     TileId,
-    _mth256,
     encode_bundle,
     parse_tile_path,
+    subtree_root,
     tile_exists,
     tile_nodes,
 )
@@ -194,7 +194,7 @@ class TileStore:
             hashes = []
             for i in range(tile.width):
                 below = await self._replica_hashes(origin, TileId(tile.level - 1, first + i))
-                hashes.append(_mth256(below))
+                hashes.append(subtree_root(below))
         if tile.is_full:
             self._keep(key, b"".join(hashes))
         return hashes
@@ -710,5 +710,5 @@ async def start_trail(daemon: Daemon, key: Any) -> Trail:
     return trail
 
 
-__all__ = ["TileStore", "TilesApp", "Trail", "cosigned_checkpoint", "read_checkpoint_item",
+__all__ = ["TileStore", "TilesApp", "Trail", "cosigned_checkpoint",
            "start_trail", "witness_name"]
