@@ -25,13 +25,14 @@ tile whose hashes exist is also a valid (immutable) tile of an earlier size, and
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from federation.errors import BadProof, MalformedInput
-from federation.merkle import HASH_SIZE, CompactRange, NodeId, leaf_hash, node_hash
+from federation.merkle import EMPTY_ROOT, HASH_SIZE, NodeId, node_hash
 
 __all__ = [
     "FULL_WIDTH",
@@ -239,7 +240,12 @@ class TileBuilder:
     Feed entries (e.g. one bundle at a time) with :meth:`add`; it returns the full tiles those
     leaves completed, with their bytes; :meth:`finish` returns the rightmost partial tiles and
     :meth:`root` the tree's root. The caller compares each with what the log serves. Memory:
-    at most 255 pending hashes per level, plus the compact range.
+    at most 255 pending hashes per level, plus the frontier (<= 64 hashes).
+
+    One pass, about two hashes per leaf: the frontier (the compact range of RFC 9162 roots,
+    kept here as a bare stack of hashes) merges perfect subtrees as leaves arrive, and every
+    merge that completes a subtree of ``256**L`` leaves (level ``8 * L``) is exactly the next
+    hash of the level-``L`` tile, so tiles cost no hashing of their own.
     """
 
     def __init__(self, size: int) -> None:
@@ -247,7 +253,8 @@ class TileBuilder:
             raise ValueError("size must be >= 0")
         self.size = size
         self._pending: list[list[bytes]] = [[]]
-        self._cr = CompactRange()
+        self._stack: list[bytes] = []
+        self._count = 0
         self._marks: dict[int, bytes] = {}
         self._watch: set[int] = set()
 
@@ -261,42 +268,46 @@ class TileBuilder:
 
     @property
     def count(self) -> int:
-        return self._cr.size
+        return self._count
 
     def add(self, entries: Iterable[bytes]) -> list[tuple[TileId, bytes]]:
         done: list[tuple[TileId, bytes]] = []
+        stack, pending, sha = self._stack, self._pending, hashlib.sha256
         for entry in entries:
-            if self._cr.size >= self.size:
+            n = self._count
+            if n >= self.size:
                 raise BadProof(f"more entries than the tree size {self.size}")
-            leaf = leaf_hash(entry)
-            self._cr.append(leaf)
-            if self._cr.size in self._watch:
-                self._marks[self._cr.size] = self._cr.root()
-            self._push(0, leaf, done)
+            h = sha(b"\x00" + entry).digest()
+            pending[0].append(h)
+            level = 0
+            while n & 1:  # merge with the waiting left sibling, as CompactRange.append does
+                h = sha(b"\x01" + stack.pop() + h).digest()
+                n >>= 1
+                level += 1
+                if level % TILE_HEIGHT == 0:
+                    tile_level = level // TILE_HEIGHT
+                    if len(pending) <= tile_level:
+                        pending.append([])
+                    pending[tile_level].append(h)
+            stack.append(h)
+            self._count += 1
+            if level >= TILE_HEIGHT:  # 256 more leaves: a level-0 tile (and maybe more)
+                self._emit(done)
+            if self._count in self._watch:
+                self._marks[self._count] = self.root()
         return done
 
-    def _push(self, level: int, h: bytes, done: list[tuple[TileId, bytes]]) -> None:
-        while True:
-            if len(self._pending) <= level:
-                self._pending.append([])
-            pending = self._pending[level]
-            pending.append(h)
-            if len(pending) < FULL_WIDTH:
-                return
-            index = self._full_count(level)
-            done.append((TileId(level, index), b"".join(pending)))
-            h = subtree_root(pending)
-            self._pending[level] = []
-            level += 1
-
-    def _full_count(self, level: int) -> int:
-        """Index of the full tile just completed at ``level``."""
-        return (self._cr.size >> (TILE_HEIGHT * (level + 1))) - 1
+    def _emit(self, done: list[tuple[TileId, bytes]]) -> None:
+        for level, hashes in enumerate(self._pending):
+            if len(hashes) == FULL_WIDTH:
+                index = (self._count >> (TILE_HEIGHT * (level + 1))) - 1
+                done.append((TileId(level, index), b"".join(hashes)))
+                self._pending[level] = []
 
     def finish(self) -> list[tuple[TileId, bytes]]:
         """The partial tiles of the tree (once every entry was added)."""
-        if self._cr.size != self.size:
-            raise BadProof(f"only {self._cr.size} of {self.size} entries were added")
+        if self._count != self.size:
+            raise BadProof(f"only {self._count} of {self.size} entries were added")
         out: list[tuple[TileId, bytes]] = []
         for tile in tiles_at(self.size):
             if tile.is_full:
@@ -306,7 +317,13 @@ class TileBuilder:
         return out
 
     def root(self) -> bytes:
-        return self._cr.root()
+        """RFC 9162 root of the leaves added so far: the right fold of the frontier."""
+        if not self._stack:
+            return EMPTY_ROOT
+        acc = self._stack[-1]
+        for h in reversed(self._stack[:-1]):
+            acc = node_hash(h, acc)
+        return acc
 
 
 def bundles(size: int) -> Iterator[TileId]:
