@@ -164,9 +164,9 @@ class TileStore:
             data = encode_bundle(await self._entries(origin, first, first + tile.width))
         elif origin == self.own and tile.level == 0:
             # Leaf hashes are the even node keys 2*i: one primary-key range scan.
-            rows = await self.store.conn.execute_fetchall(
+            rows = list(await self.store.conn.execute_fetchall(
                 "SELECT hash FROM audit_node WHERE id BETWEEN ? AND ? AND (id & 1) = 0 "
-                "ORDER BY id", (2 * first, 2 * (first + tile.width - 1)))
+                "ORDER BY id", (2 * first, 2 * (first + tile.width - 1))))
             if len(rows) != tile.width:
                 raise AuditError("the audit node table is missing leaf hashes; run `outpost "
                                  "audit verify`")
