@@ -555,6 +555,10 @@ class WitnessOutcome(enum.Enum):
 class Witness:
     """Holds the newest checkpoint of every origin; accepts only proven extensions.
 
+    The daemon's witness state is :class:`federation.witness.WitnessState` (persisted, shared
+    by gossip and the tlog-witness endpoint); this in-memory class remains for simulations
+    and sync-bundle checks that need only the transition table below.
+
     Transitions for a validly signed checkpoint C of origin O, held H:
 
     ====================  ======================================  ============

@@ -184,7 +184,8 @@ class FederationSection:
     placement data, more gossip traffic."""
 
     checkpoint_interval_s: float = 5.0
-    """How often this node gossips a new audit checkpoint for its witnesses when the log grew."""
+    """How often this node gossips a new audit checkpoint and asks its witnesses (peers and
+    `audit.witnesses`) to cosign it when the log grew."""
 
     def __post_init__(self) -> None:
         for seed in self.seeds:
