@@ -100,6 +100,7 @@ def print_status(info: dict[str, Any]) -> None:
             f"onnxruntime {caps['onnxruntime']}"
         )
     _print_runtime(info.get("runtime"))
+    _print_witness(info.get("witness"))
     table = Table("model", "version", "provider", "queue", "batching", "sha256")
     for m in info.get("models", []):
         table.add_row(m["name"], m["version"], m.get("provider", "-"),
@@ -110,6 +111,23 @@ def print_status(info: dict[str, Any]) -> None:
 
 def print_json_line(data: Any) -> None:
     click.echo(json.dumps(data, sort_keys=True))
+
+
+def _print_witness(witness: dict[str, Any] | None) -> None:
+    """The trail lines of `outpost status`: what this node witnesses, and any rollback."""
+    if not witness:
+        return
+    cosigned = witness.get("cosigned") or {}
+    console.print(f"witnessing {len(witness.get('held') or {})} log(s); this log cosigned by "
+                  f"{sum(1 for s in cosigned.values() if s)} witness(es)"
+                  + (f"; tiles on http://{witness['tiles_listen']}"
+                     if witness.get("tiles_listen") else ""))
+    for r in witness.get("rollbacks") or []:
+        console.print(f"[bold red]ROLLBACK[/bold red] {r['origin']} ({r['kind']}, seen by "
+                      f"{r['reporter']})", highlight=False)
+    for key, size in (witness.get("cut_back") or {}).items():
+        console.print(f"[bold red]CUT BACK[/bold red] witness {key} holds size {size} of this "
+                      "log, more than it has; run `outpost audit verify`", highlight=False)
 
 
 def _print_runtime(runtime: dict[str, Any] | None) -> None:
@@ -150,7 +168,8 @@ def print_peers(rows: list[dict[str, Any]]) -> None:
                   "policy", "checkpoint", "address")
     for r in rows:
         models = ", ".join(f"{m['name']}:{m['version']}" for m in r.get("models", []))
-        state = r["state"] + (" EQUIVOCATED" if r.get("equivocated") else "")
+        state = r["state"] + (" EQUIVOCATED" if r.get("equivocated") else "") + (
+            " ROLLED-BACK" if r.get("rolled_back") else "")
         table.add_row(r["node_id"], state, r.get("tier") or "?", r.get("site") or "?",
                       r.get("jurisdiction") or "?", models or "-", str(r.get("queue", "-")),
                       str(r.get("rtt_ms") or "-"),

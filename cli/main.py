@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from cli import _output as out
+from cli import audit as audit_cli
 from cli._options import data_dir_option, json_option
 from node.config import ConfigError
 
@@ -231,14 +232,30 @@ def audit() -> None:
 @click.option("--all", "all_", is_flag=True,
               help="Also the other nodes' logs this node holds (a collector's estate trail).")
 @json_option
-def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, as_json: bool) -> None:
-    """Print the newest entries."""
+@audit_cli.filter_options
+def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, as_json: bool,
+               **filters: Any) -> None:
+    """Print the newest entries (those matching the filters, if given)."""
     import time
 
     from node.ops_federation import audit_tail as tail
     from node.ops_federation import audit_tail_all
 
     with out.errors():
+        flt = audit_cli.make_filter(**filters)
+        if not flt.empty:
+            from node.trail_ops import filtered
+
+            rows = filtered(data_dir, flt, limit=count)
+            out.print_audit(rows, as_json)
+            next_index = rows[-1][0] + 1 if rows else 0
+            while follow:
+                time.sleep(0.5)
+                rows = filtered(data_dir, flt, start=next_index)
+                if rows:
+                    out.print_audit(rows, as_json)
+                    next_index = rows[-1][0] + 1
+            return
         if all_:
             for origin, index, entry in audit_tail_all(data_dir, count):
                 if as_json:
@@ -261,11 +278,16 @@ def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, as_json: bo
 @data_dir_option
 @click.option("--size", type=int, help="A kept checkpoint of this tree size (default: newest).")
 @click.option("--all", "all_", is_flag=True, help="List every kept checkpoint.")
-def audit_checkpoint(data_dir: Path, size: int | None, all_: bool) -> None:
+@click.option("--cosigned", is_flag=True,
+              help="The newest checkpoint witnesses cosigned, with their cosignature/v1 lines.")
+def audit_checkpoint(data_dir: Path, size: int | None, all_: bool, cosigned: bool) -> None:
     """Print the newest signed checkpoint (C2SP tlog-checkpoint, signed note)."""
     from node.ops_federation import audit_checkpoint as checkpoint
     from node.ops_federation import audit_checkpoints
 
+    if cosigned:
+        audit_cli.cosigned_checkpoint(data_dir)
+        return
     with out.errors():
         if all_:
             for kept_size, note in audit_checkpoints(data_dir):
@@ -312,8 +334,9 @@ def audit_consistency(data_dir: Path, old: int, new: int | None) -> None:
 @data_dir_option
 @json_option
 def audit_verify(data_dir: Path, as_json: bool) -> None:
-    """Recompute the whole tree and check every stored checkpoint; exit 1 on tampering."""
-    from node.ops_federation import audit_verify as verify
+    """Recompute the whole tree and check every stored checkpoint, and the checkpoints
+    witnesses hold of this log (asked live when the daemon runs); exit 1 on tampering."""
+    from node.trail_ops import audit_verify as verify
 
     with out.errors():
         report = verify(data_dir)
@@ -327,6 +350,10 @@ def audit_verify(data_dir: Path, as_json: bool) -> None:
             click.echo(f"outpost: audit log FAILED verification: {problem}", err=True)
     if not report["ok"]:
         sys.exit(1)
+
+
+for _command in audit_cli.COMMANDS:
+    audit.add_command(_command)
 
 
 # -- federation ------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ KINDS = frozenset(
         "token.revoke",
         "audit.replicate",
         "peer.refused",
+        "rollback",
     }
 )
 # An entry is metadata: these bounds keep a buggy caller from smuggling payloads in.
@@ -553,6 +554,10 @@ class WitnessOutcome(enum.Enum):
 
 class Witness:
     """Holds the newest checkpoint of every origin; accepts only proven extensions.
+
+    The daemon's witness state is :class:`federation.witness.WitnessState` (persisted, shared
+    by gossip and the tlog-witness endpoint); this in-memory class remains for simulations
+    and sync-bundle checks that need only the transition table below.
 
     Transitions for a validly signed checkpoint C of origin O, held H:
 

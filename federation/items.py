@@ -155,6 +155,11 @@ class ItemValidator:
     #: (origin, held size, offered size) of checkpoints refused only for want of a proof:
     #: the I/O layer may fetch the proof from the origin and put the item again.
     wants_proof: list[tuple[str, int, int]] = field(default_factory=list)
+    #: The node's one per-origin witness state (``federation.witness.WitnessState``), shared
+    #: with the tlog-witness endpoint and persisted by the I/O layer. When set, a checkpoint is
+    #: judged against the record witnessed there (which survives restarts), not against the
+    #: item held in memory, and accepted checkpoints advance it.
+    witness: Any = None
 
     def __post_init__(self) -> None:
         authority = identity.load_authority_certificate(self.authority_cert_pem)
@@ -208,6 +213,15 @@ class ItemValidator:
             verifier = self.verifier(item.origin)
             if verifier is None:
                 return Reject(f"no verified advert of {item.origin} yet")
+            if item.key.startswith("rollback:"):
+                from federation.witness import RollbackEvidence
+
+                rollback = RollbackEvidence.parse(item.value)
+                held_size, offered_size = rollback.sizes(verifier)
+                if item.key != f"rollback:{held_size}:{offered_size}" or item.version != 1:
+                    return Reject(f"rollback evidence lives at key 'rollback:{held_size}:"
+                                  f"{offered_size}' version 1")
+                return ACCEPT
             evidence = EquivocationEvidence.parse(item.value)
             if item.key != f"fork:{evidence.size}" or item.version != 1:
                 return Reject(f"evidence of size {evidence.size} lives at key "
@@ -230,6 +244,8 @@ class ItemValidator:
         checkpoint = Checkpoint.open(note, verifier)
         if checkpoint.size != item.version:
             return Reject(f"item version {item.version} != checkpoint size {checkpoint.size}")
+        if self.witness is not None:
+            return self._witnessed(item, note, proofs, checkpoint, verifier)
         if current is None:
             return ACCEPT  # first contact: trust on first use, as any witness
         held_note, _ = read_checkpoint_item(current)
@@ -248,6 +264,29 @@ class ItemValidator:
             )
         verify_consistency(held.size, checkpoint.size, proof, held.root_hash,
                            checkpoint.root_hash)
+        return ACCEPT
+
+
+    def _witnessed(self, item: Item, note: str, proofs: Mapping[int, list[bytes]],
+                   checkpoint: Checkpoint, verifier: Verifier) -> Verdict:
+        from federation.errors import BadProof, CheckpointEquivocation
+
+        held = self.witness.held(checkpoint.origin)
+        proof = proofs.get(held.size) if held is not None else None
+        try:
+            self.witness.observe(note, verifier, proof, int(self.now.timestamp()))
+        except CheckpointEquivocation:
+            return ACCEPT  # state sync reports the Conflict; the witness kept the evidence
+        except BadProof as exc:
+            if held is not None and proof is None:
+                want = (item.origin, held.size, checkpoint.size)
+                if want not in self.wants_proof:
+                    self.wants_proof.append(want)
+                    del self.wants_proof[:-64]  # bounded: the I/O layer drains it
+            return Reject(f"checkpoint {checkpoint.size} of {item.origin}: {exc}")
+        if held is not None and checkpoint.size < held.size:
+            return Reject(f"checkpoint {checkpoint.size} of {item.origin} is older than the "
+                          f"witnessed {held.size}")
         return ACCEPT
 
 

@@ -22,6 +22,7 @@ action                        principal       resource     context
 ``Action::"infer"``           App or Node     Data         ``{executor: <record>, hops: Long}``
 ``Action::"model.pull"``      pulling Node    Model        ``{target: <the puller's record>}``
 ``Action::"audit.replicate"`` collector Node  origin Node  ``{target: <the collector's record>}``
+``Action::"audit.read"``      reading Node    origin Node  ``{target: <the reader's record>}``
 ============================  ==============  ===========  ======================================
 
 ``hops`` counts forwards: for ``forward``, those the request already took before this one (0
@@ -255,6 +256,18 @@ class PolicyEngine:
             _node(origin),
             context,
             lambda: f"audit.replicate of {origin.node_id}'s log to {collector.describe()}",
+        )
+
+    def decide_audit_read(self, reader: NodeAttrs, origin: NodeAttrs) -> Decision:
+        """May ``reader`` fetch the C2SP tiles (entries included) of ``origin``'s log from
+        this node's peer endpoint? Asked for this node's own log and for replicas it holds."""
+        context = f'{{"target":{reader._record_json}}}'
+        return self._decide(
+            "audit.read",
+            _node(reader),
+            _node(origin),
+            context,
+            lambda: f"audit.read of {origin.node_id}'s log by {reader.describe()}",
         )
 
     def explain(self, decision: Decision) -> Explanation:

@@ -142,6 +142,20 @@ class AuditSection:
     drop the last moments of entries. Either way the log always verifies, and a checkpoint is
     fsynced before it can leave the node, so a power loss never rolls back a log past what a
     witness saw."""
+    tiles_listen: str = ""
+    """HOST:PORT of a read-only plain-HTTP listener serving this node's log (and the replicas
+    it holds) as C2SP tlog-tiles, for auditors without a federation certificate. Empty (the
+    default): tiles are served only on the mutual-TLS peer endpoint, to peers `audit.read`
+    policy allows. Anyone who reaches it reads every entry's metadata."""
+
+    witnesses: list[str] = field(default_factory=list)
+    """External C2SP tlog-witness services to ask for cosignatures, each `"<URL> <vkey>"`: the
+    submission prefix (`add-checkpoint` is appended) and the witness's cosignature/v1 verifier
+    key. Federation peers witness each other without being listed."""
+
+    witness_quorum: int = 0
+    """Cosignatures a checkpoint needs before it is called witnessed: the tiles `checkpoint`
+    then serves the newest checkpoint with at least this many. 0: serve the newest head."""
 
 
     def __post_init__(self) -> None:
@@ -153,6 +167,14 @@ class AuditSection:
             raise ConfigError("audit.max_group must be between 1 and 100000")
         if self.sync not in ("full", "normal"):
             raise ConfigError(f'audit.sync must be "full" or "normal", got {self.sync!r}')
+        if self.tiles_listen:
+            parse_hostport(self.tiles_listen, key="audit.tiles_listen")
+        for w in self.witnesses:
+            url, _, vkey = w.strip().partition(" ")
+            if not url.startswith(("http://", "https://")) or not vkey.strip():
+                raise ConfigError(f"audit.witnesses entry {w!r} must be \"<http(s) URL> <vkey>\"")
+        if not 0 <= self.witness_quorum <= 100:
+            raise ConfigError("audit.witness_quorum must be between 0 and 100")
 
 
 @dataclass(frozen=True)
@@ -178,7 +200,8 @@ class FederationSection:
     placement data, more gossip traffic."""
 
     checkpoint_interval_s: float = 5.0
-    """How often this node gossips a new audit checkpoint for its witnesses when the log grew."""
+    """How often this node gossips a new audit checkpoint and asks its witnesses (peers and
+    `audit.witnesses`) to cosign it when the log grew."""
 
     def __post_init__(self) -> None:
         for seed in self.seeds:

@@ -76,6 +76,9 @@ from node.pull import peer_routes as pull_routes
 from node.replication import Collector
 from node.store import Store, StoreError
 from node.tasks import TaskOwner
+from node.trail import TilesApp, Trail, TrailNode, build_trail
+from node.trail import admin_route as trail_admin_route
+from node.trail import peer_routes as trail_peer_routes
 
 log = logging.getLogger("outpost.daemon")
 
@@ -118,6 +121,7 @@ class Daemon:
     peers: PeerDirectory  # the cluster when enrolled, else NoPeers
     router: Router
     peer_clients: PeerClients | None  # every outbound peer connection; None when not enrolled
+    trail: Trail  # tiles, witness state, cosignatures
     admin: AdminApp
     servers: tuple[Server, ...]
     #: Components stopped first, in this order (mDNS, the cluster), each within a bound.
@@ -150,6 +154,7 @@ class Daemon:
                        drain + STOP_COMPONENT_S)
         await self.tasks.close()
         await _bounded("request path", self.router.close(), STOP_COMPONENT_S)
+        await _bounded("witness clients", self.trail.close(), STOP_COMPONENT_S)
         if self.peer_clients is not None:
             await _bounded("peer clients", self.peer_clients.close(), STOP_COMPONENT_S)
         await _bounded("model host", self.host.close(), drain + STOP_COMPONENT_S)
@@ -191,6 +196,7 @@ class _Status:
     host: ModelHost
     app_state: AppState
     cluster: Cluster | None  # None when not enrolled: no members, no evidence
+    trail: Trail  # tiles, witness state, cosignatures (node.trail)
 
     async def __call__(self) -> dict[str, Any]:
         ident, cluster = self.identity, self.cluster
@@ -211,6 +217,7 @@ class _Status:
             "equivocations": [
                 {"origin": e.origin, "size": e.size} for e in cluster.equivocations
             ] if cluster else [],
+            "witness": self.trail.status(),
             "runtime": self.host.backend.describe() if self.host.backend else None,
             "models": [
                 {
@@ -346,11 +353,18 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             clients=enrolled.deps.peers if enrolled else None,
         ), config.placement.core(), config.placement.forward_timeout_s)
 
+        trail = await build_trail(TrailNode(
+            node_id=node_id, config=config, store=store, audit=audit, identity=ident,
+            cluster=enrolled.cluster if enrolled else None,
+            authority_pem=enrolled.deps.credentials.authority_pem if enrolled else None,
+            clients=enrolled.deps.peers if enrolled else None, policy=policy,
+        ), key)
+        cleanup.append(trail.close)
         status = _Status(node_id, data_dir, time.time(), listen, peer_listen, ident, audit,
-                         policy, host, app_state, enrolled.cluster if enrolled else None)
+                         policy, host, app_state, enrolled.cluster if enrolled else None, trail)
         puller = Puller(enrolled.cluster, enrolled.deps.peers, host) if enrolled else None
         admin = _admin_app(_AdminNode(data_dir, store, audit, host, documents, policy), status,
-                           ident, peers, puller)
+                           ident, peers, puller, trail)
 
         drain = config.node.drain_timeout_s
         servers: list[Server] = []
@@ -373,6 +387,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                                credentials)
             peer_routes(peer_app, fed, cluster, router)
             pull_routes(peer_app, host, policy, audit)
+            trail_peer_routes(peer_app, trail)
             servers.append(await start_server(
                 # The server context in force for each handshake (live revocations), under
                 # the handshake deadline and pending cap of node.bounds.
@@ -396,6 +411,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                                   fed.peers)
             tasks.every(config.federation.checkpoint_interval_s, collector.once,
                         name="replication")
+        tasks.every(config.federation.checkpoint_interval_s, trail.step, name="witness")
+        if config.audit.tiles_listen:
+            tiles_sock = bind_tcp(config.audit.tiles_listen, key="audit.tiles_listen")
+            servers.append(await start_server(TilesApp(trail.tiles), tiles_sock, drain,
+                                              bounds=Bounds(max_body_bytes=1024)))
+            trail.listen = address_of(tiles_sock)
     except BaseException:
         for close in reversed(cleanup):
             with contextlib.suppress(Exception):
@@ -406,7 +427,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         data_dir=data_dir, config=config, node_id=node_id, lock=lock,
         started_at=status.started_at, store=store, audit=audit, host=host, metrics=metrics,
         app_state=app_state, tasks=tasks, policy=policy, documents=documents, peers=peers,
-        router=router, peer_clients=enrolled.deps.peers if enrolled else None, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
+        router=router, peer_clients=enrolled.deps.peers if enrolled else None, trail=trail, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
         listen=listen, peer_listen=peer_listen, status=status,
     )
     control.write_runtime(data_dir, control.RuntimeInfo(
@@ -434,12 +455,12 @@ class _Enrolled:
 
 
 def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
-               peers: PeerDirectory, puller: Puller | None) -> AdminApp:
+               peers: PeerDirectory, puller: Puller | None, trail: Trail) -> AdminApp:
     """The admin API with the routes other modules own."""
     admin = AdminApp(node.host, status, node.audit.reader(), apply=node.apply)
 
     async def peers_route(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
-        return 200, peers.peers()
+        return 200, trail.annotate_peers(peers.peers())
 
     async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
         return 200, explain(ident, peers, node.policy, payload["data_class"],
@@ -450,6 +471,7 @@ def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
     admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(node))
     admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(node))
     admin.route("POST", "/models/pull", pull_route(puller))
+    admin.route("GET", "/trail/witnessed", trail_admin_route(trail))
     admin.route("GET", "/policy/explain", explain_route)
     return admin
 

@@ -108,6 +108,18 @@ MIGRATIONS: list[list[str]] = [
         " size INTEGER NOT NULL, peer TEXT, audit_size INTEGER NOT NULL,"
         " created REAL NOT NULL)",
     ],
+    # trail (node/trail.py, federation/witness.py): the newest checkpoint this node witnessed
+    # per origin (one record per origin, read and advanced by gossip and by tlog-witness), the
+    # evidence of origins whose log went back or forked, and the cosignatures witnesses gave
+    # this node's checkpoints (the note they cosigned, one line per witness)
+    [
+        "CREATE TABLE witness_state (origin TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+        " root BLOB NOT NULL, note TEXT NOT NULL, updated INTEGER NOT NULL)",
+        "CREATE TABLE witness_evidence (id INTEGER PRIMARY KEY, origin TEXT NOT NULL,"
+        " kind TEXT NOT NULL, body BLOB NOT NULL UNIQUE, seen REAL NOT NULL)",
+        "CREATE TABLE audit_cosignature (size INTEGER NOT NULL, witness TEXT NOT NULL,"
+        " note TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (size, witness))",
+    ],
 ]
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]

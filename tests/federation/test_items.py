@@ -916,3 +916,56 @@ def test_simulated_cluster_spreads_valid_policy_and_refuses_forgeries() -> None:
     v3 = make_policy_item(bundle(3), 3)
     sim.publish(3, v3)
     assert sim.run_until_true(lambda: sim.holders(v3) == n, timeout=10) is not None
+
+
+# --- checkpoints judged against the persisted witness state (federation.witness) ------------
+
+
+def test_checkpoints_are_judged_against_the_witness_state_not_the_memory_item(
+        node_a: Node) -> None:
+    """After a restart state sync holds nothing (``current`` is None), but the witness state,
+    loaded from disk, does: an older checkpoint is refused, a newer one needs a proof from the
+    witnessed size (and is asked for), a proven one advances the shared record."""
+    from federation.witness import WitnessState
+
+    node_a.log(30)
+    v = known(node_a)
+    v.witness = WitnessState("me")
+    assert v.validate(node_a.checkpoint(20), None) == ACCEPT  # first use
+    assert v.witness.held(node_a.origin).size == 20
+    rejected(v.validate(node_a.checkpoint(10), None), "older than the witnessed 20")
+    rejected(v.validate(node_a.checkpoint(25), None), "no consistency proof", "20")
+    assert v.wants_proof == [("node-a", 20, 25)]
+    rejected(v.validate(node_a.checkpoint(25, proofs_from=[10]), None), "20")
+    assert v.validate(node_a.checkpoint(30, proofs_from=[20]), None) == ACCEPT
+    assert v.witness.held(node_a.origin).size == 30
+
+
+def test_a_fork_at_the_witnessed_size_is_kept_as_evidence(node_a: Node) -> None:
+    from federation.audit import EquivocationEvidence
+    from federation.witness import WitnessState
+
+    node_a.log(10)
+    v = known(node_a)
+    v.witness = WitnessState("me")
+    assert v.validate(node_a.checkpoint(10), None) == ACCEPT
+    forked = MemoryTree.from_entries(b"other-%d" % i for i in range(10))
+    # Accepted for state sync to report the Conflict; the witness keeps its record and evidence.
+    assert v.validate(node_a.checkpoint(10, tree=forked), None) == ACCEPT
+    assert v.witness.held(node_a.origin).root_hash == node_a.tree.root(10)
+    assert isinstance(v.witness.evidence[0], EquivocationEvidence)
+
+
+def test_rollback_evidence_items_are_validated(node_a: Node) -> None:
+    from federation.witness import RollbackEvidence
+
+    node_a.log(10)
+    v = known(node_a)
+    ev = RollbackEvidence(node_a.origin, "smaller", node_a.note(10), node_a.note(4), "w")
+    good = Item("node-a", EVIDENCE, "rollback:10:4", 1, ev.to_json())
+    assert v.validate(good, None) == ACCEPT
+    rejected(v.validate(Item("node-a", EVIDENCE, "rollback:10:5", 1, ev.to_json()), None),
+             "rollback:10:4")
+    lie = RollbackEvidence(node_a.origin, "smaller", node_a.note(4), node_a.note(10), "w")
+    rejected(v.validate(Item("node-a", EVIDENCE, "rollback:4:10", 1, lie.to_json()), None),
+             "not smaller")
