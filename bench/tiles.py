@@ -178,7 +178,7 @@ async def serve_bench(url: str, size: int, requests: int) -> dict[str, Any]:
 def witness_bench(tmp: Path, rounds: int) -> dict[str, Any]:
     from node.enrollment import AUTHORITY_CERT, NODE_CERT
     from node.keys import key_path, load_key
-    from node.peer import PeerCredentials
+    from node.tls import client_context
 
     ca = tmp / "ca"
     cli("federation", "init", "--dir", str(ca), "--name", "acme")
@@ -196,8 +196,8 @@ def witness_bench(tmp: Path, rounds: int) -> dict[str, Any]:
     proc = start_daemon(dirs["node-a"], "--peer-listen", f"127.0.0.1:{port}")
     try:
         b = dirs["node-b"]
-        creds = PeerCredentials((b / NODE_CERT).read_bytes(), key_path(b).read_bytes(),
-                                (b / AUTHORITY_CERT).read_bytes(), None)
+        tls = client_context((b / NODE_CERT).read_bytes(), key_path(b).read_bytes(),
+                             (b / AUTHORITY_CERT).read_bytes())
         signer = Signer("outpost/acme/node-b", load_key(b))
         tree = MemoryTree()
         from federation.witness import add_checkpoint_body
@@ -205,7 +205,7 @@ def witness_bench(tmp: Path, rounds: int) -> dict[str, Any]:
         url = f"https://127.0.0.1:{port}/peer/v1/witness/add-checkpoint"
         lat: list[float] = []
         old = 0
-        with httpx.Client(verify=creds.client(), timeout=30) as http:
+        with httpx.Client(verify=tls, timeout=30) as http:
             for r in range(rounds + 5):
                 for i in range(10):
                     tree.append_entry(b"entry %d" % (r * 10 + i))

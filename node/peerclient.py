@@ -39,6 +39,7 @@ import aiohttp
 
 from federation.errors import FederationError
 from federation.identity import NodeIdentity, RevocationList
+from node.errors import NodeFault
 from node.tls import client_context, peer_identity
 
 log = logging.getLogger("outpost.peerclient")
@@ -63,7 +64,7 @@ REFUSAL_REPEAT_S = 60.0
 MAX_REMEMBERED_REFUSALS = 1024
 
 
-class PeerError(Exception):
+class PeerError(NodeFault):
     """A request to a peer did not get an answer; the message says why and what to do."""
 
 

@@ -22,13 +22,14 @@ from federation.note import Checkpoint, Verifier
 from federation.tiles import TileBuilder, TileId, bundles, decode_bundle
 from federation.verify import EntryFilter, Remembered, judge, verify_entry_proof
 from federation.witness import CosignatureVerifier, cosignatures
+from node.errors import OperatorError
 
 # verify-log fetches this many tiles at once (HTTP/1.1 keep-alive connections).
 FETCH_CONCURRENCY = 8
 FETCH_TIMEOUT_S = 30.0
 
 
-class TrailError(ValueError):
+class TrailError(OperatorError, ValueError):
     """Verification failed or the input is unusable; the message is the reason."""
 
 

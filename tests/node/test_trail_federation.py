@@ -20,11 +20,11 @@ def _peer_client(d: Path) -> httpx.Client:
     """An HTTPS client holding node ``d``'s own certificate (what a peer presents)."""
     from node.enrollment import AUTHORITY_CERT, NODE_CERT
     from node.keys import key_path
-    from node.peer import PeerCredentials
+    from node.tls import client_context
 
-    creds = PeerCredentials((d / NODE_CERT).read_bytes(), key_path(d).read_bytes(),
-                            (d / AUTHORITY_CERT).read_bytes(), None)
-    return httpx.Client(verify=creds.client(), timeout=30)
+    tls = client_context((d / NODE_CERT).read_bytes(), key_path(d).read_bytes(),
+                         (d / AUTHORITY_CERT).read_bytes())
+    return httpx.Client(verify=tls, timeout=30)
 
 
 def test_peers_cosign_checkpoints_and_read_tiles_only_when_policy_allows(fed: Fed) -> None:
