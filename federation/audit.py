@@ -117,6 +117,7 @@ KINDS = frozenset(
         "token.revoke",
         "audit.replicate",
         "peer.refused",
+        "app.refused",  # credentials refused on the app endpoint (outside an infer path)
     }
 )
 # An entry is metadata: these bounds keep a buggy caller from smuggling payloads in.

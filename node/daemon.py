@@ -33,9 +33,10 @@ from federation.errors import FederationError
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import create_backend
-from node import batch, control, sync
+from node import apps, batch, control, sync
 from node.admin import AdminApp, audit_query
 from node.app import AppState, OipApp
+from node.appsock import UidProtocol
 from node.audit import AuditError, AuditLog
 from node.cluster import Cluster
 from node.config import Config, parse_hostport
@@ -60,6 +61,7 @@ from node.probe import probe, probe_gpus
 from node.pull import peer_routes as pull_routes
 from node.replication import replicate_forever
 from node.store import Store, StoreError, get_doc
+from node.tokens import AppAuth
 
 log = logging.getLogger("outpost.daemon")
 
@@ -173,6 +175,7 @@ class Daemon:
     router: Router | None = None
     gpus: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    apps: AppAuth | None = None  # app tokens and socket uids (node.apps)
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, kept referenced, errors logged."""
@@ -272,6 +275,9 @@ class Daemon:
         await self.host.close()
         if self.host.backend is not None:
             await self.host.backend.close()
+        if self.apps is not None:
+            with contextlib.suppress(Exception):
+                await self.apps.tokens.flush_last_use()
         await self.audit.append(self.audit.record("node.stop", caller="daemon"))
         await self.audit.close()
         await self.store.close()
@@ -395,6 +401,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         admin = AdminApp(host, daemon.status, audit.reader(),
                          apply=daemon.apply)
         daemon.admin = admin
+        try:
+            daemon.apps = await apps.open_auth(store, key, config.node)
+            app_unix = apps.bind(config.node) if config.node.app_socket else None
+        except apps.AppSocketError as exc:
+            raise StartupError(str(exc)) from None
+        apps.admin_routes(admin, daemon.apps.tokens, audit)
         held_policy = await get_doc(store, "policy")
         daemon.policy_version = held_policy[0] if held_policy else None
         if held_policy is not None and ident is not None:
@@ -410,13 +422,16 @@ async def start(data_dir: Path, config: Config) -> Daemon:
 
         async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
             return 200, await explain(daemon, payload["data_class"], payload.get("jurisdiction"),
-                                      payload["to"], payload.get("model", "*"))
+                                      payload.get("to", ""), payload.get("model", "*"),
+                                      payload.get("app"))
 
         admin.route("GET", "/policy/explain", explain_route)
         drain = config.node.drain_timeout_s
         daemon.router = Router(daemon, config.placement.core(), config.placement.forward_timeout_s)
-        daemon.servers.append(await _start_server(
-            OipApp(app_state, host, metrics, daemon.router), app_sock, drain))
+        oip = OipApp(app_state, host, metrics, daemon.router, daemon.apps)
+        daemon.servers.append(await _start_server(oip, app_sock, drain))
+        if app_unix is not None:  # the same API; the caller is the connecting uid
+            daemon.servers.append(await _start_server(oip, app_unix, drain, protocol=UidProtocol))
         daemon.servers.append(await _start_server(admin, admin_sock, drain))
         if ident is not None:
             daemon.credentials = PeerCredentials(
@@ -459,6 +474,9 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         detail={"version": server_version(), "models": len(host.served())},
     ))
     daemon.tasks.append(asyncio.create_task(_tick(audit), name="audit-ticker"))
+    if daemon.apps is not None:
+        daemon.tasks.append(asyncio.create_task(apps.flush_forever(daemon.apps.tokens),
+                                                name="token-last-use"))
     if daemon.cluster is not None:
         daemon.tasks.append(asyncio.create_task(replicate_forever(daemon), name="replication"))
     app_state.ready = True

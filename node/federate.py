@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from federation.audit import EquivocationEvidence
 from federation.config import ClusterConfig
 from federation.identity import NodeIdentity, read_revocation_list
-from federation.policy_engine import DataAttrs, NodeAttrs
+from federation.policy_engine import ANONYMOUS, AppAttrs, DataAttrs, NodeAttrs
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.enrollment import Applied, revocations
-from node.forward import Call, peek_parameters
+from node.forward import APP, Call, peek_parameters
 from node.http import HTTPError, Receive, Scope, Send, header, read_body, send_response
 from node.store import get_doc, put_doc
+from node.tokens import parse_label
 
 if TYPE_CHECKING:
     from node.daemon import Daemon
@@ -223,9 +224,15 @@ def peer_routes(daemon: Daemon) -> None:
         router, me = daemon.router, daemon.router.self_attrs if daemon.router else None
         if router is None or me is None:
             raise HTTPError(503, "this node is not ready to take forwarded requests")
+        label = header(scope, APP.encode())
+        try:
+            # The app as the sending node attests it (mutual TLS says who the sender is).
+            app = parse_label(label) if label is not None else None
+        except ValueError as exc:
+            raise HTTPError(400, f"{exc}; the sending node must label forwards correctly") from None
         call = Call(model=model, version=version, body=body, header_length=header_length,
                     caller=NodeAttrs(**peer.attributes()), hops=max(1, hops),
-                    request_id=request_id)
+                    request_id=request_id, app=app)
         params = peek_parameters(body, header_length)
         if not params.get("outpost.data_class") or not params.get("outpost.jurisdiction"):
             # The sender labels every forward explicitly; an unlabelled one would otherwise be
@@ -233,7 +240,7 @@ def peer_routes(daemon: Daemon) -> None:
             raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
                                  "outpost.jurisdiction (set by the sending node)")
         data = router.data_of(call, params)
-        decision = daemon.engine.decide_infer(call.caller, data, me, call.hops)
+        decision = daemon.engine.decide_infer(call.principal, data, me, call.hops, call.via)
         if not decision.allowed:
             reason = "; ".join(decision.reasons) or "denied"
             await daemon.audit.append(daemon.audit.record(
@@ -242,7 +249,7 @@ def peer_routes(daemon: Daemon) -> None:
                 policy_version=decision.policy_version,
                 input_sha256=hashlib.sha256(body).hexdigest(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": request_id},
+                        "request": request_id, **call.audit_detail()},
             ))
             raise HTTPError(403, f"{daemon.node_id} refuses {data.describe()} from "
                                  f"{peer.node_id}: {reason}")
@@ -258,11 +265,13 @@ def peer_routes(daemon: Daemon) -> None:
 
 
 async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
-                  target: str, model: str) -> dict[str, Any]:
-    """``outpost policy explain``: the forward decision for this data to ``target``."""
+                  target: str, model: str, app: str | None = None) -> dict[str, Any]:
+    """``outpost policy explain``: the forward decision for this data to ``target`` and, with
+    ``app``, the ``infer`` decision the executor makes for that app (its token's attributes)."""
     if daemon.identity is None or daemon.cluster is None:
         raise HTTPError(400, "this node is not enrolled; there is nothing to forward to")
     me = NodeAttrs(**daemon.identity.attributes())
+    target = target or daemon.node_id
     attrs = None
     if target == daemon.node_id:
         attrs = me
@@ -276,7 +285,7 @@ async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
     data = DataAttrs("explain", data_class, jurisdiction or me.jurisdiction, model)
     decision = daemon.engine.decide_forward(me, data, attrs, 0)
     explanation = daemon.engine.explain(decision)
-    return {
+    result = {
         "allowed": decision.allowed,
         "policy_version": decision.policy_version,
         "policies": list(decision.policy_ids),
@@ -287,6 +296,31 @@ async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
         "data": {"data_class": data_class, "jurisdiction": data.jurisdiction, "model": model},
         "text": explanation.render(),
     }
+    if app is not None:
+        principal = _app_principal(daemon, app)
+        local = attrs.node_id == daemon.node_id
+        infer = daemon.engine.decide_infer(principal, data, attrs, 0 if local else 1,
+                                           None if local else me)
+        result["app"] = {"name": principal.name, "attrs": dict(principal.attrs)}
+        result["infer"] = {
+            "allowed": infer.allowed, "policies": list(infer.policy_ids),
+            "reasons": list(infer.reasons), "errors": list(infer.errors),
+            "text": daemon.engine.explain(infer).render(),
+        }
+        # Here, only infer is asked; elsewhere both the forward and the executor's re-check.
+        result["allowed"] = infer.allowed if local else decision.allowed and infer.allowed
+    return result
+
+
+def _app_principal(daemon: Daemon, name: str) -> AppAttrs:
+    """App ``name`` as a request of it would be judged: its active token's attributes."""
+    if name == ANONYMOUS.name:
+        return ANONYMOUS
+    row = daemon.apps.tokens.active(name) if daemon.apps is not None else None
+    if row is None and (daemon.apps is None or name not in daemon.apps.uids.values()):
+        raise HTTPError(404, f"app {name!r} has no active token and no socket uid mapping; "
+                             "`outpost token list` shows the apps")
+    return AppAttrs(name, dict(row.attrs) if row else {})
 
 
 async def peers_view(daemon: Daemon) -> list[dict[str, Any]]:

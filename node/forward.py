@@ -15,6 +15,10 @@ it (``hops > 0``, the forwarding node is the caller):
    the policies and attributes that refused.
 4. The executing node re-checks ``infer`` with its own attested attributes (either side's deny
    wins), and both ends record what they decided in their audit logs.
+5. The app that asked travels with the request: the sending node attests it in the
+   ``Outpost-App`` header (its mutual-TLS identity vouches for the label), so the executor's
+   entry reads ``app:camera-svc via node:edge1`` and its ``infer`` re-check has the same
+   ``App`` principal, with the sending node as ``context.via``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import aiohttp
 import httpx
 
 from federation.placement import Candidate, PlacementConfig, place
-from federation.policy_engine import DataAttrs, Decision, NodeAttrs
+from federation.policy_engine import AppAttrs, DataAttrs, Decision, NodeAttrs
 from models import (
     CodecError,
     ModelError,
@@ -44,6 +48,7 @@ from models import (
 )
 from node.http import HTTPError
 from node.modelhost import ModelNotFound, Served
+from node.tokens import AppIdentity
 
 if TYPE_CHECKING:
     from node.daemon import Daemon
@@ -53,6 +58,7 @@ log = logging.getLogger("outpost.forward")
 HDR_LEN = "inference-header-content-length"
 HOPS = "outpost-hops"
 REQUEST_ID = "outpost-request-id"
+APP = "outpost-app"
 
 
 @dataclass
@@ -66,10 +72,37 @@ class Call:
     caller: str | NodeAttrs  # an app name, or the forwarding node's attested attributes
     hops: int
     request_id: str
+    app: AppIdentity | None = None  # the app that asked (here, or as the sender attested it)
+    source: str = ""  # where a local app connected from: an address or uid:N
 
     @property
     def caller_name(self) -> str:
+        """The audit ``caller``: ``app:NAME``, ``app:NAME via node:SENDER``, ``node:SENDER``."""
+        if self.app is not None:
+            if isinstance(self.caller, NodeAttrs):
+                return f"app:{self.app.name} via node:{self.caller.node_id}"
+            return f"app:{self.app.name}"
         return self.caller if isinstance(self.caller, str) else f"node:{self.caller.node_id}"
+
+    @property
+    def principal(self) -> str | AppAttrs | NodeAttrs:
+        """Who ``infer`` policy judges: the app when one is known, else the forwarding node."""
+        return self.app.principal if self.app is not None else self.caller
+
+    @property
+    def via(self) -> NodeAttrs | None:
+        """The node that vouches for the app (``context.via``), when the app is not local."""
+        return self.caller if self.app is not None and isinstance(self.caller, NodeAttrs) else None
+
+    def audit_detail(self) -> dict[str, str | int | None]:
+        if self.app is None:
+            return {}
+        detail: dict[str, str | int | None] = {"app": self.app.name, "token": self.app.token_id}
+        if isinstance(self.caller, NodeAttrs):
+            detail["via"] = self.caller.node_id
+        elif self.source:
+            detail["source"] = self.source[:200]
+        return detail
 
 
 @dataclass
@@ -243,7 +276,7 @@ class Router:
         engine = self.daemon.engine
         me = self.self_attrs
         if data is not None and engine.bundle is not None and me is not None:
-            decision = engine.decide_infer(call.caller, data, me, call.hops)
+            decision = engine.decide_infer(call.principal, data, me, call.hops, call.via)
             if not decision.allowed:
                 await self._audit_infer(call, served, data, "denied", "; ".join(decision.reasons))
                 raise HTTPError(403, "policy does not allow this node to run "
@@ -305,6 +338,8 @@ class Router:
         body, header_length = relabel(call.body, call.header_length, labels, call.hops + 1)
         path = f"/peer/v1/infer/{call.model}" + (f"/versions/{call.version}" if call.version else "")
         headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id}
+        if call.app is not None:
+            headers[APP] = call.app.label()  # attested by this node's TLS identity
         if header_length is not None:
             headers[HDR_LEN] = str(header_length)
         # The sender's decision is recorded while the request travels (not after it): durable
@@ -362,7 +397,7 @@ class Router:
                 input_sha256=hashlib.sha256(call.body).hexdigest(), reason=reason,
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": call.request_id[:64]},
+                        "request": call.request_id[:64], **call.audit_detail()},
             ).to_bytes(), alone=alone)
         except Exception as exc:  # closed while stopping
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -392,7 +427,8 @@ class Router:
                 policy_version=policy_version, reason=reason[:1000],
                 input_sha256=hashlib.sha256(call.body).hexdigest(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "failed": len(attempts), "request": call.request_id[:64]},
+                        "failed": len(attempts), "request": call.request_id[:64],
+                        **call.audit_detail()},
             ))
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); retry shortly",

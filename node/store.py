@@ -91,6 +91,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE replica_head (origin TEXT PRIMARY KEY, size INTEGER NOT NULL,"
         " note TEXT NOT NULL, cert BLOB NOT NULL)",
     ],
+    # apps: bearer tokens of local apps (node/tokens.py): the secret's SHA-256 only, the
+    # attributes policy sees, and a MAC over the row so a hand edit is detected
+    [
+        "CREATE TABLE app_token (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash BLOB NOT NULL,"
+        " attrs TEXT NOT NULL, created REAL NOT NULL, expires REAL, revoked REAL,"
+        " last_used REAL, mac BLOB NOT NULL)",
+        "CREATE INDEX app_token_name ON app_token(name)",
+    ],
 ]
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
