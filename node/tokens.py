@@ -49,7 +49,7 @@ from node.store import Store
 
 # -- limits (each bounds something a caller or an operator can grow) ---------------------------
 
-#: Longest ``Authorization`` header read; a token is 61 characters, so anything near this is
+#: Longest ``Authorization`` header read; a token is 60 characters, so anything near this is
 #: not ours, and the bound keeps hashing and logging of junk cheap.
 MAX_AUTHORIZATION_BYTES = 512
 #: Attributes per token and their sizes: they become a Cedar entity built per decision and a
@@ -143,7 +143,7 @@ def parse_label(raw: bytes) -> AppIdentity:
     name = doc["name"]
     if name != ANONYMOUS.name:
         check_name(name)
-    attrs = doc.get("attrs") or {}
+    attrs = doc.get("attrs", {})
     if not isinstance(attrs, dict):
         raise ValueError("Outpost-App label 'attrs' must be an object")
     check_attrs(attrs)
@@ -282,7 +282,9 @@ class Tokens:
             intact = hmac.compare_digest(expected, bytes(row[8]))
             identity = AppIdentity(AppAttrs(name, attrs), tid)
         except (TypeError, ValueError):  # a hand-edited row that does not even parse
-            return TokenRow(tid, name, _DUMMY_HASH, {}, 0.0, None, None, None, False,
+            # Keep the hash when it is one, so its holder hears why the token stopped working.
+            kept = row[2] if isinstance(row[2], bytes) and len(row[2]) == 32 else _DUMMY_HASH
+            return TokenRow(tid, name, kept, {}, 0.0, None, None, None, False,
                             AppIdentity(AppAttrs(name or "?"), tid))
         return TokenRow(tid, name, digest, attrs, created, expires, revoked, last_used,
                         intact, identity)
