@@ -243,7 +243,7 @@ def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, app: str | 
     if app is not None:
         from node.apps import audit_tail_app
 
-        tail = functools.partial(audit_tail_app, app=app)  # type: ignore[assignment]
+        tail = functools.partial(audit_tail_app, app=app)
         if all_:
             raise click.UsageError("--app reads this node's own log; drop --all")
     with out.errors():

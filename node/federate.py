@@ -285,7 +285,7 @@ async def explain(daemon: Daemon, data_class: str, jurisdiction: str | None,
     data = DataAttrs("explain", data_class, jurisdiction or me.jurisdiction, model)
     decision = daemon.engine.decide_forward(me, data, attrs, 0)
     explanation = daemon.engine.explain(decision)
-    result = {
+    result: dict[str, Any] = {
         "allowed": decision.allowed,
         "policy_version": decision.policy_version,
         "policies": list(decision.policy_ids),
