@@ -201,14 +201,17 @@ def models_rm(data_dir: Path, ref: str, as_json: bool) -> None:
 @click.option("--version", "version", help="Model version (default: latest).")
 @click.option("--data-class", help="Data class label (parameter outpost.data_class).")
 @click.option("--jurisdiction", help="Data jurisdiction label (outpost.jurisdiction).")
+@click.option("--token", envvar="OUTPOST_TOKEN", help="Bearer token of the app to call as "
+              "(default $OUTPOST_TOKEN; none = App::\"anonymous\").")
 @json_option
 def infer(data_dir: Path, name: str, input_: str, version: str | None,
-          data_class: str | None, jurisdiction: str | None, as_json: bool) -> None:
+          data_class: str | None, jurisdiction: str | None, token: str | None,
+          as_json: bool) -> None:
     """Call the local endpoint of the running daemon, for quick checks."""
     from node.ops import infer as do_infer
 
     with out.errors():
-        response = do_infer(data_dir, name, input_, version, data_class, jurisdiction)
+        response = do_infer(data_dir, name, input_, version, data_class, jurisdiction, token)
     if as_json:
         out.print_json(response)
     else:

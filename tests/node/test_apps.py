@@ -167,10 +167,17 @@ def test_anonymous_in_both_modes_and_every_bad_credential(node_dir: Path) -> Non
             r = http.post("/v2/models/digits/infer", json=body(),
                           headers={"Authorization": f"Bearer {good}"})
             assert r.status_code == 200, r.text
+        rows = json.dumps({"input": ROWS.tolist()})
+        cli = outpost("infer", "digits", "--input", rows, data_dir=node_dir, check=False)
+        assert cli.returncode == 1 and "requires app credentials" in cli.stderr
+        cli = outpost("infer", "digits", "--input", rows, "--token", good, "--json",
+                      data_dir=node_dir)
+        assert [o["data"] for o in json.loads(cli.stdout)["outputs"]
+                if o["name"] == "label"] == [LABELS]
         refused = [e for e in audit(node_dir) if e.get("outcome") == "unauthenticated"]
-        assert refused[-1]["kind"] == "app.refused" and refused[-1]["detail"]["path"] == (
-            "/v2/models/digits")
-        assert refused[-2]["kind"] == "infer" and refused[-2]["model"] == "digits"
+        assert [e["kind"] for e in refused[-3:]] == ["infer", "app.refused", "app.refused"]
+        assert refused[-2]["detail"]["path"] == "/v2/models/digits"  # metadata: not an infer
+        assert refused[-3]["model"] == "digits"
         assert metric(daemon, "anonymous", "ok") == 0
     finally:
         daemon.stop()
