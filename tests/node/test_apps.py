@@ -151,6 +151,26 @@ def test_anonymous_in_both_modes_and_every_bad_credential(node_dir: Path) -> Non
         anonymous = [e for e in audit(node_dir, "--app", "anonymous") if e["kind"] == "infer"]
         assert anonymous and anonymous[-1]["caller"] == "app:anonymous"
         assert metric(daemon, "unknown", "unauthenticated") == 4
+        # A source that keeps failing is throttled (429, Retry-After) without flooding the
+        # trail; requests without credentials are not failures and still pass.
+        statuses = []
+        with daemon.http() as http:
+            for _ in range(300):  # the burst is 20, one more earned per second
+                statuses.append(http.post("/v2/models/digits/infer", json=body(),
+                                          headers={"Authorization": "Bearer nope"}))
+                if statuses[-1].status_code != 401:
+                    break
+            extra = [http.post("/v2/models/digits/infer", json=body(),
+                               headers={"Authorization": "Bearer nope"}) for _ in range(3)]
+            assert http.post("/v2/models/digits/infer", json=body()).status_code == 200
+        assert statuses[-1].status_code == 429 and len(statuses) > 14
+        assert "too many failed authentications" in statuses[-1].json()["error"]
+        assert int(statuses[-1].headers["retry-after"]) >= 1
+        throttled = [e for e in audit(node_dir) if e.get("outcome") == "throttled"]
+        # one entry says it began, not one per refusal (again only after a token was earned)
+        assert 1 <= len(throttled) <= 1 + sum(r.status_code == 401 for r in extra)
+        assert metric(daemon, "unknown", "throttled") == 1 + sum(
+            r.status_code == 429 for r in extra)
     finally:
         daemon.stop()
     write_config(node_dir, "node", app_auth="required")
