@@ -11,6 +11,7 @@ offline it opens the store under the data-directory lock. Both paths audit ``tok
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -76,11 +77,18 @@ def _added(row: TokenRow, secret: str, now: float) -> dict[str, Any]:
     return {**row.to_json(now), "secret": secret}
 
 
+def _attrs_for_audit(attrs: dict[str, str]) -> str:
+    """The attributes policy will see, as issued; their hash when long (an entry's detail is
+    bounded: ASCII-escaped, 600 characters stay under it even with every backslash doubled)."""
+    text = json.dumps(attrs, sort_keys=True)
+    return text if len(text) <= 600 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 async def _audit_change(audit: AuditLog, kind: str, rows: list[TokenRow]) -> None:
     for row in rows:
         await audit.append(audit.record(
             kind, caller="admin",
-            detail={"app": row.name, "token": row.id, "attrs": len(row.attrs),
+            detail={"app": row.name, "token": row.id, "attrs": _attrs_for_audit(dict(row.attrs)),
                     "expires": int(row.expires) if row.expires is not None else None},
         ))
 

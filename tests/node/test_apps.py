@@ -106,6 +106,9 @@ def test_token_lifecycle_tritonclient_and_live_revocation(node_dir: Path) -> Non
         assert "revoked" in infers[-1]["reason"]
         assert [e["kind"] for e in mine if e["kind"].startswith("token.")] == [
             "token.add", "token.revoke"]
+        issued = next(e for e in mine if e["kind"] == "token.add")
+        assert json.loads(issued["detail"]["attrs"]) == {"purpose": "diagnosis",
+                                                         "team": "radiology"}
         assert all(e["detail"].get("app") == "camera-svc" for e in mine)
     finally:
         daemon.stop()
