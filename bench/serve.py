@@ -191,6 +191,10 @@ def token_budget_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return lines
 
 
+def _cpu_us(cell: dict[str, Any]) -> float:
+    return 1e6 * cell["server_cpu_pct"] / 100 / cell["req_per_s"]
+
+
 def token_only(st: Settings, out: Path) -> int:
     """``--token-only``: the daemon alone, the small model, every cell alternating requests
     without and with a bearer token (one process, so only the credentials differ)."""
@@ -225,6 +229,11 @@ def token_only(st: Settings, out: Path) -> int:
                                                      for p, t in zip(plain, token, strict=True)])),
                     "throughput_ratio": float(np.median([t["req_per_s"] / p["req_per_s"]
                                                          for p, t in zip(plain, token, strict=True)])),
+                    # the daemon's own CPU time per request: what a token costs in capacity,
+                    # less disturbed by other processes than wall-clock figures
+                    "cpu_added_us": float(np.median([_cpu_us(t) - _cpu_us(p)
+                                                     for p, t in zip(plain, token, strict=True)])),
+                    "cpu_plain_us": float(np.median([_cpu_us(p) for p in plain])),
                 }
                 for name, results in per.items():
                     chosen = sorted(results, key=lambda r: r["req_per_s"])[len(results) // 2]
@@ -261,6 +270,8 @@ def token_only(st: Settings, out: Path) -> int:
             ok = pair["throughput_ratio"] >= BUDGET_TOKEN_THROUGHPUT
             print(f"  {'PASS' if ok else 'MISS'}  throughput, bearer token / none, c=32, {body}: "
                   f"{100 * pair['throughput_ratio']:.1f}% (>= {100 * BUDGET_TOKEN_THROUGHPUT:.0f}%)")
+        print(f"        daemon CPU per request, c={conc}, {body}: {pair['cpu_plain_us']:.0f} us "
+              f"without a token, {pair['cpu_added_us']:+.1f} us with one")
     out.write_text(json.dumps({"inprocess": inproc, "cells": rows, "budgets": budgets,
                                "paired": {f"{b}/c={c}": v for (b, c), v in paired.items()}},
                               indent=2, default=str))
