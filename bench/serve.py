@@ -160,6 +160,30 @@ def bench_token_check(st: Settings, tmp: Path) -> dict[str, Any]:
             out["authenticate/bearer token"] = time_calls(
                 lambda: auth.authenticate(header, None, "127.0.0.1"), st.inproc_calls,
                 st.inproc_s)
+            # The endpoint's whole per-request step (header scan, source, authenticate) on a
+            # scope shaped like uvicorn's, driven without a loop (it never suspends on success).
+            from node.app import OipApp
+            from node.metrics import Metrics
+
+            app = OipApp(None, None, Metrics(list), None, auth)  # type: ignore[arg-type]
+            base = [(b"host", b"127.0.0.1"), (b"content-length", b"1000"),
+                    (b"inference-header-content-length", b"200")]
+            path = f"/v2/models/{SMALL}/infer"
+            for name, headers in (("anonymous", base),
+                                  ("bearer token", [*base, (b"authorization", header)])):
+                scope = {"type": "http", "path": path, "headers": headers,
+                         "client": ("127.0.0.1", 50000)}
+
+                def step(scope: dict[str, Any] = scope) -> None:
+                    coro = app._authenticate(scope, path)
+                    try:
+                        coro.send(None)
+                    except StopIteration:
+                        return
+                    raise RuntimeError("authentication suspended")
+
+                out[f"endpoint auth step/{name}"] = time_calls(step, st.inproc_calls,
+                                                               st.inproc_s)
         finally:
             await store.close()
 
