@@ -150,7 +150,9 @@ def parse_label(raw: bytes) -> AppIdentity:
     token = doc.get("token")
     if token is not None and (not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{12}", token)):
         raise ValueError("Outpost-App label 'token' must be a token id")
-    if name == ANONYMOUS.name and not attrs and token is None:
+    if name == ANONYMOUS.name:
+        if attrs or token is not None:
+            raise ValueError('Outpost-App label: App::"anonymous" has no attributes or token')
         return ANONYMOUS_APP
     return AppIdentity(AppAttrs(name, attrs), token)
 

@@ -213,6 +213,7 @@ def test_forward_labels_are_validated() -> None:
     assert parse_label(b'{"name":"anonymous","attrs":{},"token":null}') is ANONYMOUS_APP
     assert parse_label(good.label().encode()) == good
     for bad in (b"[]", b"{", b'{"name":"Bad Name"}', b'{"name":"a","attrs":{"a":1}}',
-                b'{"name":"a","token":"zz"}', b'{"name":"a","attrs":[]}'):
+                b'{"name":"a","token":"zz"}', b'{"name":"a","attrs":[]}',
+                b'{"name":"anonymous","attrs":{"purpose":"diagnosis"}}'):
         with pytest.raises(ValueError):
             parse_label(bad)
