@@ -173,12 +173,12 @@ class OipApp:
 
     async def _refused(self, failure: AuthFailure, path: str, source: str) -> None:
         """Count and audit a refused credential (durable before the 401 goes out)."""
-        self.metrics.app_request(failure.app or "unknown", failure.outcome)
-        if not failure.audit:
-            return
         model = None
         if path.startswith("/v2/models/") and path.endswith("/infer"):
             model = path.split("/")[3][:256] or None
+            self.metrics.app_request(failure.app or "unknown", failure.outcome)
+        if not failure.audit:
+            return
         audit = self.router.daemon.audit
         caller = f"app:{failure.app}" if failure.app else f"unknown@{source}"
         try:
