@@ -5,6 +5,7 @@ Run from the repository root::
 
     python bench/serve.py            # full run (~5-10 min), Ray Serve included
     python bench/serve.py --quick    # fewer requests, no Ray (< 2 min)
+    python bench/serve.py --token-only   # just the app-token cost: daemon with vs without
 
 Prints a table (server, model, body, concurrency, req/s, p50, p99, CPU use) and the budget lines
 with PASS/MISS, and writes everything to bench/out/serve.json. Nothing is asserted: budgets are
@@ -52,6 +53,9 @@ BUDGET_ADDED_P50_MS = 0.5
 BUDGET_VS_BARE = 0.60
 BUDGET_VS_RAY = 20.0
 BUDGET_RSS_MB = 150.0
+BUDGET_TOKEN_ADDED_P50_US = 20.0  # issue 11: the bearer-token check's added p50 at c=1
+BUDGET_TOKEN_THROUGHPUT = 0.95  # issue 11: c=32 throughput with a token on every request
+TOKEN = "daemon-token"  # the same daemon process, every request carrying a bearer token
 SMALL, DENSE = "digits", "dense"
 BODIES = ("json", "binary")
 
@@ -125,6 +129,178 @@ def request_bytes(model: str, x: np.ndarray, body: str) -> tuple[bytes, bytes, i
     if header_len is not None:
         head += f"Inference-Header-Content-Length: {header_len}\r\n"
     return head.encode() + b"\r\n" + payload, payload, header_len
+
+
+def with_token(request: bytes, secret: str) -> bytes:
+    """The same request with ``Authorization: Bearer <secret>`` (what tritonclient's
+    ``headers=`` sends)."""
+    head, sep, rest = request.partition(b"\r\n")
+    return head + sep + f"Authorization: Bearer {secret}\r\n".encode() + rest
+
+
+def bench_token_check(st: Settings, tmp: Path) -> dict[str, Any]:
+    """``AppAuth.authenticate`` alone, in process: a token (SHA-256 + constant-time compare +
+    expiry + last use) vs no credentials (anonymous), per call."""
+    from node.store import Store
+    from node.tokens import AppAuth, Tokens, mac_key
+
+    out: dict[str, Any] = {}
+
+    async def go() -> None:
+        d = tmp / "token-store"
+        d.mkdir(exist_ok=True)
+        store = await Store.open(d)
+        try:
+            tokens = Tokens(store, mac_key(b"bench" * 8))
+            secret, _ = await tokens.add("bench-app", {"purpose": "bench"}, None)
+            auth = AppAuth(tokens, "optional", {})
+            header = f"Bearer {secret}".encode()
+            out["authenticate/anonymous"] = time_calls(
+                lambda: auth.authenticate(None, None, "127.0.0.1"), st.inproc_calls, st.inproc_s)
+            out["authenticate/bearer token"] = time_calls(
+                lambda: auth.authenticate(header, None, "127.0.0.1"), st.inproc_calls,
+                st.inproc_s)
+            # The endpoint's whole per-request step (header scan, source, authenticate) on a
+            # scope shaped like uvicorn's, driven without a loop (it never suspends on success).
+            from node.app import OipApp
+            from node.metrics import Metrics
+
+            app = OipApp(None, None, Metrics(list), None, auth)  # type: ignore[arg-type]
+            base = [(b"host", b"127.0.0.1"), (b"content-length", b"1000"),
+                    (b"inference-header-content-length", b"200")]
+            path = f"/v2/models/{SMALL}/infer"
+            for name, headers in (("anonymous", base),
+                                  ("bearer token", [*base, (b"authorization", header)])):
+                scope = {"type": "http", "path": path, "headers": headers,
+                         "client": ("127.0.0.1", 50000)}
+
+                def step(scope: dict[str, Any] = scope) -> None:
+                    coro = app._authenticate(scope, path)
+                    try:
+                        coro.send(None)
+                    except StopIteration:
+                        return
+                    raise RuntimeError("authentication suspended")
+
+                out[f"endpoint auth step/{name}"] = time_calls(step, st.inproc_calls,
+                                                               st.inproc_s)
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    return out
+
+
+def token_budget_lines(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    for body in BODIES:
+        d, t = find(rows, "daemon", SMALL, body, 1), find(rows, TOKEN, SMALL, body, 1)
+        if d and t:
+            added_us = 1000 * (t["p50_ms"] - d["p50_ms"])
+            lines.append({
+                "budget": f"added p50 latency, bearer token vs none, {SMALL}, c=1, {body}",
+                "value": added_us, "limit": BUDGET_TOKEN_ADDED_P50_US, "unit": "us",
+                "pass": added_us <= BUDGET_TOKEN_ADDED_P50_US,
+                "text": f"{t['p50_ms']:.3f} - {d['p50_ms']:.3f} ms = {added_us:.1f} us  "
+                        f"(<= {BUDGET_TOKEN_ADDED_P50_US:.0f} us)", "whatif": {}})
+        d, t = find(rows, "daemon", SMALL, body, 32), find(rows, TOKEN, SMALL, body, 32)
+        if d and t:
+            ratio = t["req_per_s"] / d["req_per_s"]
+            lines.append({
+                "budget": f"throughput, bearer token / none, {SMALL}, c=32, {body}",
+                "value": ratio, "limit": BUDGET_TOKEN_THROUGHPUT, "unit": "ratio",
+                "pass": ratio >= BUDGET_TOKEN_THROUGHPUT,
+                "text": f"{t['req_per_s']:.0f} / {d['req_per_s']:.0f} = {100 * ratio:.1f}%  "
+                        f"(>= {100 * BUDGET_TOKEN_THROUGHPUT:.0f}%)", "whatif": {}})
+    return lines
+
+
+def _cpu_us(cell: dict[str, Any]) -> float:
+    return 1e6 * cell["server_cpu_pct"] / 100 / cell["req_per_s"]
+
+
+def token_only(st: Settings, out: Path) -> int:
+    """``--token-only``: the daemon alone, the small model, every cell alternating requests
+    without and with a bearer token (one process, so only the credentials differ)."""
+    tmp = Path(tempfile.mkdtemp(prefix="outpost-bench-token-"))
+    rounds = max(st.rounds, 9)
+    inproc = bench_token_check(st, tmp)
+    rows: list[dict[str, Any]] = []
+    data_dir = tmp / "node"
+    outpost_cli("init", "--data-dir", str(data_dir), "--name", "bench")
+    daemon = start_daemon(data_dir, tmp)
+    try:
+        secret = outpost_cli("token", "add", "bench-app", "--data-dir", str(data_dir)).strip()
+        tokend = Server(TOKEN, daemon.proc, daemon.port, daemon.log_path)
+        files = {}
+        for body in BODIES:
+            plain = request_bytes(SMALL, small_input(), body)[0]
+            for server, request in ((daemon, plain), (tokend, with_token(plain, secret))):
+                files[server.name, body] = tmp / f"req-{server.name}-{body}.http"
+                files[server.name, body].write_bytes(request)
+        paired: dict[tuple[str, int], dict[str, Any]] = {}
+        for body in BODIES:
+            for conc in (1, 32):
+                per: dict[str, list[dict[str, Any]]] = {daemon.name: [], tokend.name: []}
+                for i in range(rounds):
+                    for server in ((daemon, tokend) if i % 2 == 0 else (tokend, daemon)):
+                        per[server.name].append(run_cell(st, server, files[server.name, body],
+                                                         conc, tmp))
+                # Neighbouring cells share the machine's load of the moment: compare in pairs.
+                plain, token = per[daemon.name], per[tokend.name]
+                paired[body, conc] = {
+                    "p50_added_us": float(np.median([1000 * (t["p50_ms"] - p["p50_ms"])
+                                                     for p, t in zip(plain, token, strict=True)])),
+                    "throughput_ratio": float(np.median([t["req_per_s"] / p["req_per_s"]
+                                                         for p, t in zip(plain, token, strict=True)])),
+                    # the daemon's own CPU time per request: what a token costs in capacity,
+                    # less disturbed by other processes than wall-clock figures
+                    "cpu_added_us": float(np.median([_cpu_us(t) - _cpu_us(p)
+                                                     for p, t in zip(plain, token, strict=True)])),
+                    "cpu_plain_us": float(np.median([_cpu_us(p) for p in plain])),
+                }
+                for name, results in per.items():
+                    chosen = sorted(results, key=lambda r: r["req_per_s"])[len(results) // 2]
+                    if conc == 1:
+                        chosen = sorted(results, key=lambda r: r["p50_ms"])[len(results) // 2]
+                    rows.append({"server": name, "model": SMALL, "body": body,
+                                 "concurrency": conc, **chosen,
+                                 "rounds_req_per_s": [r["req_per_s"] for r in results],
+                                 "rounds_p50_ms": [r["p50_ms"] for r in results]})
+                    log(f"{name:12s} {body:6s} c={conc:<3d} {chosen['req_per_s']:8.0f} req/s  "
+                        f"p50 {chosen['p50_ms']:.3f} ms  errors {chosen['errors']}")
+    finally:
+        daemon.stop()
+    print()
+    print(f"App-token cost (issue 11), {os.cpu_count()} CPUs, load average {os.getloadavg()}; "
+          f"{rounds} alternating rounds per cell, median shown")
+    print(f"  {'in process':38s} {'p50 ms':>8s} {'p99 ms':>8s} {'calls/s':>9s}")
+    for key, r in inproc.items():
+        print(f"  {key:38s} {r['p50_ms']:8.4f} {r['p99_ms']:8.4f} {r['calls_per_s']:9.0f}")
+    print()
+    print_table(rows)
+    print()
+    budgets = token_budget_lines(rows)
+    print("Medians of the cells (each its own moment of machine load):")
+    for b in budgets:
+        print(f"  {'PASS' if b['pass'] else 'MISS'}  {b['budget']}: {b['text']}")
+    print("Medians of paired neighbouring cells (the load they shared cancels out):")
+    for (body, conc), pair in paired.items():
+        if conc == 1:
+            ok = pair["p50_added_us"] <= BUDGET_TOKEN_ADDED_P50_US
+            print(f"  {'PASS' if ok else 'MISS'}  added p50, bearer token vs none, c=1, {body}: "
+                  f"{pair['p50_added_us']:.1f} us (<= {BUDGET_TOKEN_ADDED_P50_US:.0f} us)")
+        else:
+            ok = pair["throughput_ratio"] >= BUDGET_TOKEN_THROUGHPUT
+            print(f"  {'PASS' if ok else 'MISS'}  throughput, bearer token / none, c=32, {body}: "
+                  f"{100 * pair['throughput_ratio']:.1f}% (>= {100 * BUDGET_TOKEN_THROUGHPUT:.0f}%)")
+        print(f"        daemon CPU per request, c={conc}, {body}: {pair['cpu_plain_us']:.0f} us "
+              f"without a token, {pair['cpu_added_us']:+.1f} us with one")
+    out.write_text(json.dumps({"inprocess": inproc, "cells": rows, "budgets": budgets,
+                               "paired": {f"{b}/c={c}": v for (b, c), v in paired.items()}},
+                              indent=2, default=str))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 # -- timing helpers ------------------------------------------------------------------------------
@@ -763,9 +939,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-loop", default="uvloop", choices=["uvloop", "asyncio"],
                    help="event loop of the bare handler (default uvloop: uvicorn's default "
                         "when uvloop is installed)")
+    p.add_argument("--token-only", action="store_true",
+                   help="only the app-token case: the daemon with and without a bearer token")
     p.add_argument("--out", type=Path, default=BENCH / "out" / "serve.json")
     args = p.parse_args(argv)
     st = Settings.from_args(args)
+    if args.token_only:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        return token_only(st, args.out.with_name("serve-token.json"))
     started = time.monotonic()
     out_dir = args.out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -798,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
     inproc = bench_inprocess(st, paths, inputs)
     log("durability: fsync and AuditLog.append")
     durability = bench_durability(st, tmp)
+    inproc.update(bench_token_check(st, tmp))
 
     rows: list[dict[str, Any]] = []
     ceiling: list[dict[str, Any]] = []
@@ -831,6 +1013,13 @@ def main(argv: list[str] | None = None) -> int:
         outpost_cli("models", "add", str(paths[DENSE]), "--name", DENSE, "--data-dir", str(data_dir))
         time.sleep(0.5)
         rss["with_dense"] = daemon.rss_mb()
+        # The token case: the same daemon process, each request with a bearer token.
+        secret = outpost_cli("token", "add", "bench-app", "--data-dir", str(data_dir)).strip()
+        tokend = Server(TOKEN, daemon.proc, daemon.port, daemon.log_path)
+        for body in BODIES:
+            request_files[TOKEN, body] = tmp / f"req-token-{body}.http"
+            request_files[TOKEN, body].write_bytes(
+                with_token(request_files[SMALL, body].read_bytes(), secret))
         variants: list[Server] = []
         for patches in st.whatif:
             vdir = tmp / f"node-{patches.replace('+', '-')}"
@@ -870,12 +1059,13 @@ def main(argv: list[str] | None = None) -> int:
                 for conc in concs:
                     budget_cell = model == SMALL and conc in (1, 32)
                     rounds = st.rounds if budget_cell else 1
-                    group = [bare, daemon, *(variants if model == SMALL else [])]
+                    group = [bare, daemon, *([tokend, *variants] if model == SMALL else [])]
                     per: dict[str, list[dict[str, Any]]] = {s.name: [] for s in group}
                     for i in range(rounds):
                         order = group if i % 2 == 0 else group[::-1]
                         for server in order:
-                            per[server.name].append(run_cell(st, server, request_files[model, body], conc, tmp))
+                            key = (TOKEN, body) if server is tokend else (model, body)
+                            per[server.name].append(run_cell(st, server, request_files[key], conc, tmp))
                     for name, results in per.items():
                         chosen = sorted(results, key=lambda r: r["req_per_s"])[len(results) // 2]
                         if rounds > 1:
@@ -928,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
 
     # -- print --------------------------------------------------------------------------------
-    order = {"bare": 0, "daemon": 1, "ray-serve": 3}
+    order = {"bare": 0, "daemon": 1, TOKEN: 2, "ray-serve": 3}
     rows.sort(key=lambda r: (r["model"] != SMALL, r["body"], r["concurrency"],
                              order.get(r["server"], 2), r["server"]))
     print()
@@ -966,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = {k: v for k, v in checks.items() if v != "ok"}
     print(f"correctness probe: {len(checks) - len(failed)}/{len(checks)} server/model/body "
           f"answers match in-process onnxruntime" + (f"; FAILED: {failed}" if failed else ""))
-    budgets = budget_lines(rows, inproc, rss, ray_note or "not run")
+    budgets = budget_lines(rows, inproc, rss, ray_note or "not run") + token_budget_lines(rows)
     print()
     print("Budgets (DESIGN §9)")
     for b in budgets:

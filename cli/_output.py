@@ -156,6 +156,9 @@ def print_audit(rows: list[tuple[int, dict[str, Any]]], as_json: bool,
                                         "outcome", "peer", "policy_version", "reason")
             if k in entry
         )
+        detail = entry.get("detail") or {}
+        if detail.get("token") and entry["kind"] != "infer":  # token.add/revoke: which app
+            extra += f" app={detail.get('app')} token={detail['token']}"
         where = f"{origin.rsplit('/', 1)[-1]:<12} " if origin else ""
         click.echo(f"{where}{index:>8}  {entry['time']}  {entry['kind']:<16} {extra}")
 

@@ -30,13 +30,13 @@ def filter_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_filter(since: str | None, until: str | None, kind: str | None, model: str | None,
-                caller: str | None, outcome: str | None) -> Any:
+                caller: str | None, outcome: str | None, app: str | None = None) -> Any:
     from federation.verify import EntryFilter, parse_time
 
     return EntryFilter(
         since=parse_time(since, "--since") if since else None,
         until=parse_time(until, "--until") if until else None,
-        kind=kind, model=model, caller=caller, outcome=outcome)
+        kind=kind, model=model, caller=caller, outcome=outcome, app=app)
 
 
 @click.command("verify-proof")

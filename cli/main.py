@@ -203,14 +203,17 @@ def models_rm(data_dir: Path, ref: str, as_json: bool) -> None:
 @click.option("--version", "version", help="Model version (default: latest).")
 @click.option("--data-class", help="Data class label (parameter outpost.data_class).")
 @click.option("--jurisdiction", help="Data jurisdiction label (outpost.jurisdiction).")
+@click.option("--token", envvar="OUTPOST_TOKEN", help="Bearer token of the app to call as "
+              "(default $OUTPOST_TOKEN; none = App::\"anonymous\").")
 @json_option
 def infer(data_dir: Path, name: str, input_: str, version: str | None,
-          data_class: str | None, jurisdiction: str | None, as_json: bool) -> None:
+          data_class: str | None, jurisdiction: str | None, token: str | None,
+          as_json: bool) -> None:
     """Call the local endpoint of the running daemon, for quick checks."""
     from node.ops import infer as do_infer
 
     with out.errors():
-        response = do_infer(data_dir, name, input_, version, data_class, jurisdiction)
+        response = do_infer(data_dir, name, input_, version, data_class, jurisdiction, token)
     if as_json:
         out.print_json(response)
     else:
@@ -231,18 +234,21 @@ def audit() -> None:
 @click.option("-f", "follow", is_flag=True, help="Keep printing new entries (Ctrl-C stops).")
 @click.option("--all", "all_", is_flag=True,
               help="Also the other nodes' logs this node holds (a collector's estate trail).")
+@click.option("--app", help="Only entries naming this app (both ends of a forward).")
 @json_option
 @audit_cli.filter_options
-def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, as_json: bool,
-               **filters: Any) -> None:
+def audit_tail(data_dir: Path, count: int, follow: bool, all_: bool, app: str | None,
+               as_json: bool, **filters: Any) -> None:
     """Print the newest entries (those matching the filters, if given)."""
     import time
 
     from node.ops_federation import audit_tail as tail
     from node.ops_federation import audit_tail_all
 
+    if app is not None and all_:
+        raise click.UsageError("--app reads this node's own log; drop --all")
     with out.errors():
-        flt = audit_cli.make_filter(**filters)
+        flt = audit_cli.make_filter(**filters, app=app)
         if not flt.empty:
             from node.trail_ops import filtered
 
@@ -529,23 +535,34 @@ def policy_apply(data_dir: Path, bundle: Path) -> None:
 @data_dir_option
 @click.option("--data-class", required=True, help="Data class of the request, e.g. personal.")
 @click.option("--jurisdiction", help="The data's jurisdiction (default: this node's).")
-@click.option("--to", "target", required=True, help="Target node id.")
+@click.option("--to", "target", help="Target node id (default with --app: this node).")
 @click.option("--model", default="*", show_default=True, help="Model the request is for.")
+@click.option("--app", help="Also explain the infer decision for App::\"APP\" (its token's "
+                            "attributes) on the target.")
 @json_option
-def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str,
-                   model: str, as_json: bool) -> None:
-    """Would this node forward such data to TARGET? The decision and the policies behind it."""
+def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str | None,
+                   model: str, app: str | None, as_json: bool) -> None:
+    """Would this node forward such data to TARGET (and may APP have it run there)? The
+    decisions and the policies behind them."""
     from node.ops_federation import policy_explain as explain
 
     with out.errors():
-        result = explain(data_dir, data_class, jurisdiction, target, model)
+        if target is None and app is None:
+            raise out.CliError("say --to NODE (a forward), --app NAME (an app here), or both")
+        result = explain(data_dir, data_class, jurisdiction, target, model, app)
     if as_json:
         out.print_json(result)
-    else:
-        t = result["target"]
-        click.echo(f"forward {data_class} data ({result['data']['jurisdiction']}) to "
-                   f"{t['node_id']} (tier {t['tier']}, site {t['site']}, {t['jurisdiction']}):")
+        return
+    t = result["target"]
+    where = f"{t['node_id']} (tier {t['tier']}, site {t['site']}, {t['jurisdiction']})"
+    if target is not None:
+        click.echo(f"forward {data_class} data ({result['data']['jurisdiction']}) to {where}:")
         click.echo(result["text"])
+    if app is not None:
+        attrs = ", ".join(f"{k}={v}" for k, v in sorted(result["app"]["attrs"].items()))
+        click.echo(f"infer {data_class} data for App::\"{app}\" ({attrs or 'no attributes'}) "
+                   f"on {where}:")
+        click.echo(result["infer"]["text"])
 
 
 @policy.command("show")
@@ -571,9 +588,11 @@ def policy_show(data_dir: Path, as_json: bool) -> None:
 def _register_groups() -> None:
     from cli.batch import batch
     from cli.bundle import bundle
+    from cli.token import token
 
     main.add_command(bundle)
     main.add_command(batch)
+    main.add_command(token)
 
 
 _register_groups()

@@ -118,6 +118,7 @@ KINDS = frozenset(
         "audit.replicate",
         "peer.refused",
         "rollback",
+        "app.refused",  # credentials refused on the app endpoint (outside an infer path)
     }
 )
 # An entry is metadata: these bounds keep a buggy caller from smuggling payloads in.

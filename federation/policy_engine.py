@@ -7,7 +7,8 @@ attributes: callers pass attributes taken from certificates (:class:`NodeAttrs`)
 Entity model (stable; document changes in the README before making them):
 
 * ``Node::"<node-id>"`` — ``tier``, ``site``, ``jurisdiction`` (strings), ``labels`` (record of
-  strings), from the node's certificate. ``App::"<name>"`` — a local caller, no attributes.
+  strings), from the node's certificate. ``App::"<name>"`` — a local caller, with the
+  attributes of its token (:class:`AppAttrs`; ``App::"anonymous"`` has none).
 * ``Data::"<request-id>"`` — ``data_class``, ``jurisdiction``, ``model``.
 * ``Model::"<name>:<version>"`` — no attributes.
 * A bundle's own entities may give these entities ``parents`` (e.g. ``Node`` in ``Group``) and
@@ -24,6 +25,11 @@ action                        principal       resource     context
 ``Action::"audit.replicate"`` collector Node  origin Node  ``{target: <the collector's record>}``
 ``Action::"audit.read"``      reading Node    origin Node  ``{target: <the reader's record>}``
 ============================  ==============  ===========  ======================================
+
+An app's request forwarded by a peer is judged at the executor with the same ``App`` principal
+(its name and attributes, as the sending node attested them over mutual TLS) and the sending
+node's record as ``context.via``; a forward with no app label has the sending ``Node`` as
+principal and no ``via``.
 
 ``hops`` counts forwards: for ``forward``, those the request already took before this one (0
 at the node where it entered), so ``forbid(principal, action == Action::"forward", resource)
@@ -62,9 +68,11 @@ from federation.policy_bundle import PolicyBundle
 from federation.policy_cedar import CompiledPolicies
 
 __all__ = [
+    "ANONYMOUS",
     "DEFAULT_CACHE_SIZE",
     "NO_BUNDLE_REASON",
     "TIERS",
+    "AppAttrs",
     "DataAttrs",
     "Decision",
     "ExplainedPolicy",
@@ -129,6 +137,33 @@ class NodeAttrs:
         return (
             f"{self.node_id} (tier {self.tier}, site {self.site}, jurisdiction {self.jurisdiction})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AppAttrs:
+    """A local app as policy sees it: ``App::"<name>"`` with its token's attributes.
+
+    The attributes are what the operator wrote with ``outpost token add --attr K=V`` (strings
+    only), or ``{}`` for an app known by its socket uid and for ``App::"anonymous"``. At the
+    executor of a forward they are what the sending node attested (``context.via``).
+    """
+
+    name: str
+    attrs: Mapping[str, str] = field(default_factory=dict, hash=False)
+    _attrs_json: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError("AppAttrs.name must be a non-empty string")
+        attrs = dict(self.attrs)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
+            raise TypeError("AppAttrs.attrs must map strings to strings")
+        object.__setattr__(self, "attrs", MappingProxyType(attrs))
+        object.__setattr__(self, "_attrs_json", _dumps(attrs))
+
+
+#: The principal of a request that carried no credentials (``node.app_auth = "optional"``).
+ANONYMOUS = AppAttrs("anonymous")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +258,19 @@ class PolicyEngine:
         )
 
     def decide_infer(
-        self, caller: str | NodeAttrs, data: DataAttrs, executor: NodeAttrs, hops: int
+        self, caller: str | AppAttrs | NodeAttrs, data: DataAttrs, executor: NodeAttrs,
+        hops: int, via: NodeAttrs | None = None,
     ) -> Decision:
-        principal = ("App", caller, "{}") if isinstance(caller, str) else _node(caller)
-        context = f'{{"executor":{executor._record_json},"hops":{_hops(hops)}}}'
+        """``via``: the peer that forwarded an app's request (the app is the principal then,
+        the node that vouches for it is ``context.via``)."""
+        if isinstance(caller, str):
+            principal: _Entity = ("App", caller, "{}")
+        elif isinstance(caller, AppAttrs):
+            principal = ("App", caller.name, caller._attrs_json)
+        else:
+            principal = _node(caller)
+        context = f'{{"executor":{executor._record_json},"hops":{_hops(hops)}'
+        context += f',"via":{via._record_json}}}' if via is not None else "}"
         return self._decide(
             "infer",
             principal,

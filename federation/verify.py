@@ -104,6 +104,7 @@ class EntryFilter:
     model: str | None = None
     caller: str | None = None
     outcome: str | None = None
+    app: str | None = None  # the app an entry names (``detail.app``, both ends of a forward)
 
     @property
     def empty(self) -> bool:
@@ -113,6 +114,10 @@ class EntryFilter:
         for name in ("kind", "caller", "outcome"):
             want = getattr(self, name)
             if want is not None and entry.get(name) != want:
+                return False
+        if self.app is not None:
+            detail = entry.get("detail")
+            if not isinstance(detail, Mapping) or detail.get("app") != self.app:
                 return False
         if self.model is not None:
             name, _, version = self.model.partition(":")

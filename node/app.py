@@ -8,6 +8,12 @@ Routes (``{v}`` optional throughout)::
     POST /v2/models/{m}[/versions/{v}]/infer      JSON or JSON + binary tensors
     GET  /metrics                                  Prometheus text format
 
+Who asks: every route but health and ``/metrics`` first turns the request's credentials into
+an app (``Authorization: Bearer``, or the uid on the app socket; ``node.tokens``). A refusal is
+answered 401 (``WWW-Authenticate: Bearer``), 403 (an unmapped socket uid) or 429 (a source
+that keeps failing), audited with the outcome ``unauthenticated``/``forbidden``, and counted
+per app; it never reaches a model.
+
 Owns protocol mapping only: errors from ``models`` become ``{"error": ...}`` with the status the
 OIP clients expect. Content-Type is ignored on purpose (OIP.md: tritonclient's sync client sends
 none and its aio client sends octet-stream); JSON vs binary is decided by
@@ -23,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.appsock import UID_KEY
 from node.forward import Call, Router
 from node.http import (
     JSON_TYPE,
@@ -40,6 +47,7 @@ from node.limits import HEADER_JSON_LENGTH
 from node.metrics import CONTENT_TYPE as METRICS_TYPE
 from node.metrics import Metrics
 from node.modelhost import ModelHost, ModelNotFound, Served
+from node.tokens import ANONYMOUS_APP, AppAuth, AppIdentity, AuthFailure
 
 log = logging.getLogger("outpost.app")
 
@@ -47,6 +55,11 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 _HDR_LEN = HEADER_JSON_LENGTH.encode()
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
+_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+# HTTP status of an answered inference -> the outcome counted per app in /metrics
+_OUTCOMES = {200: "ok", 400: "bad_request", 401: "unauthenticated", 403: "denied",
+             404: "not_found", 413: "bad_request", 415: "bad_request", 429: "throttled",
+             499: "cancelled", 503: "unavailable"}
 
 
 @dataclass
@@ -71,11 +84,13 @@ class AppState:
 class OipApp:
     """The ASGI application served on ``node.listen``."""
 
-    def __init__(self, state: AppState, host: ModelHost, metrics: Metrics, router: Router) -> None:
+    def __init__(self, state: AppState, host: ModelHost, metrics: Metrics, router: Router,
+                 auth: AppAuth | None = None) -> None:
         self.state = state
         self.host = host
         self.metrics = metrics
         self.router = router
+        self.auth = auth  # None: every caller is App::"anonymous" (tests, benchmarks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +107,7 @@ class OipApp:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        app = ANONYMOUS_APP if path in _OPEN_PATHS else await self._authenticate(scope, path)
         if path.startswith("/v2/models/"):
             parts = path[len("/v2/models/"):].split("/")
             name, rest = parts[0], parts[1:]
@@ -103,7 +119,15 @@ class OipApp:
                 raise HTTPError(404, f"no such endpoint {path}")
             if action == "infer":
                 _expect(method, "POST", path)
-                await self._infer(scope, receive, send, name, version)
+                outcome = "error"
+                try:
+                    await self._infer(scope, receive, send, name, version, app)
+                    outcome = "ok"
+                except HTTPError as exc:
+                    outcome = _OUTCOMES.get(exc.status, "error")
+                    raise
+                finally:
+                    self.metrics.app_request(app.name, outcome)
                 return
             _expect(method, "GET", path)
             served = self._resolve(name, version)
@@ -128,6 +152,45 @@ class OipApp:
             await send_response(send, 200, self.metrics.render(), [(b"content-type", METRICS_TYPE.encode())])
         else:
             raise HTTPError(404, f"no such endpoint {path}; the API lives under /v2")
+
+    async def _authenticate(self, scope: Scope, path: str) -> AppIdentity:
+        auth = self.auth
+        if auth is None:
+            return ANONYMOUS_APP
+        extensions = scope.get("extensions")
+        uid = extensions.get(UID_KEY) if extensions else None
+        source = _source(scope, uid)
+        try:
+            return auth.authenticate(header(scope, b"authorization"), uid, source)
+        except AuthFailure as failure:
+            await self._refused(failure, path, source)
+            headers: list[tuple[bytes, bytes]] = []
+            if failure.status == 401:
+                headers.append((b"www-authenticate", b'Bearer realm="outpost"' + (
+                    b', error="invalid_token"' if header(scope, b"authorization") else b"")))
+            elif failure.status == 429:
+                headers.append((b"retry-after", str(max(1, round(failure.retry_after))).encode()))
+            raise HTTPError(failure.status, failure.message, headers) from None
+
+    async def _refused(self, failure: AuthFailure, path: str, source: str) -> None:
+        """Count and audit a refused credential (durable before the 401 goes out)."""
+        model = None
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            model = path.split("/")[3][:256] or None
+            self.metrics.app_request(failure.app or "unknown", failure.outcome)
+        if not failure.audit:
+            return
+        audit = self.router.deps.audit
+        caller = f"app:{failure.app}" if failure.app else f"unknown@{source}"
+        try:
+            await audit.append(audit.record(
+                "infer" if model else "app.refused", model=model, caller=caller[:256],
+                outcome=failure.outcome, reason=failure.message[:1000],
+                detail={"source": source[:200], "app": failure.app, "token": failure.token_id,
+                        "status": failure.status, "path": path[:200]},
+            ))
+        except Exception as exc:  # the refusal stands either way; say why it is not recorded
+            log.warning("could not audit a refused credential from %s: %s", source, exc)
 
     def _resolve(self, name: str, version: str | None) -> Served:
         try:
@@ -155,12 +218,12 @@ class OipApp:
         }
 
     async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None,
+        app: AppIdentity,
     ) -> None:
-        client = scope.get("client")
         call = Call(model=name, version=version, body=b"", header_length=None,
-                    caller=f"app@{client[0]}" if client else "app", hops=0,
-                    request_id=_next_request_id())
+                    caller=f"app:{app.name}", hops=0, request_id=_next_request_id(), app=app,
+                    source=_source(scope, (scope.get("extensions") or {}).get(UID_KEY)))
         try:
             if not self.state.ready:
                 raise HTTPError(503, "node is not ready (starting or draining); retry shortly",
@@ -192,6 +255,14 @@ def _next_request_id() -> str:
     """Unique per request across restarts: 64 random bits per process, then a counter (no
     syscall per request: ``os.urandom`` would let another thread take the GIL each time)."""
     return f"{_REQUEST_PREFIX}{next(_request_count):016x}"
+
+
+def _source(scope: Scope, uid: int | None) -> str:
+    """Where a request came from: ``uid:N`` on the app socket, else the peer address."""
+    if uid is not None:
+        return f"uid:{uid}"
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
 
 
 def _expect(method: str, wanted: str, path: str) -> None:

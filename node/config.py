@@ -90,6 +90,21 @@ class NodeSection:
     """Data class given to requests that carry no `outpost.data_class` parameter. The shipped
     default, `restricted`, is a class the example policies never let leave the node."""
 
+    app_auth: str = "optional"
+    """`optional`: a request without credentials is App::"anonymous" and policy decides;
+    `required`: it gets 401. A wrong, expired or revoked token is 401 in both modes."""
+
+    app_socket: str = ""
+    """Path of a Unix socket serving the same API, where the caller is the connecting
+    process's uid (see app_uids), so on-box services need no secret. Empty: no socket."""
+
+    app_socket_group: str = ""
+    """Group given to app_socket (mode 0660): the users whose services may connect. Empty:
+    the daemon's own group."""
+
+    app_uids: dict[str, str] = field(default_factory=dict)
+    """uid (or user name) -> app name, for callers on app_socket, e.g. { "1001" =
+    "camera-svc" }. An unmapped uid is refused (403)."""
 
     def __post_init__(self) -> None:
         if self.name:
@@ -100,6 +115,11 @@ class NodeSection:
             raise ConfigError("node.max_body_bytes must be between 1024 and 4 GiB")
         if not 0 <= self.drain_timeout_s <= 600:
             raise ConfigError("node.drain_timeout_s must be between 0 and 600 seconds")
+        if self.app_auth not in ("optional", "required"):
+            raise ConfigError('node.app_auth must be "optional" or "required"')
+        if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in self.app_uids.items()):
+            raise ConfigError('node.app_uids maps uids or user names to app names, e.g. '
+                              '{ "1001" = "camera-svc" }')
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,10 @@ from typing import Any
 from federation.identity import NodeIdentity
 from federation.policy_engine import NodeAttrs, PolicyEngine
 from models import create_backend
-from node import batch, control, limits, sync
+from node import apps, batch, control, limits, sync
 from node.admin import AdminApp
 from node.app import AppState, OipApp
+from node.appsock import UidProtocol
 from node.audit import AuditError, AuditLog
 from node.bounds import Bounds, raise_fd_limit
 from node.cluster import Cluster
@@ -76,6 +77,7 @@ from node.pull import peer_routes as pull_routes
 from node.replication import Collector
 from node.store import Store, StoreError
 from node.tasks import TaskOwner
+from node.tokens import LAST_USE_FLUSH_S, AppAuth
 from node.trail import TilesApp, Trail, TrailNode, build_trail
 from node.trail import admin_route as trail_admin_route
 from node.trail import peer_routes as trail_peer_routes
@@ -122,6 +124,7 @@ class Daemon:
     router: Router
     peer_clients: PeerClients | None  # every outbound peer connection; None when not enrolled
     trail: Trail  # tiles, witness state, cosignatures
+    auth: AppAuth  # app tokens and socket uids (node.apps)
     admin: AdminApp
     servers: tuple[Server, ...]
     #: Components stopped first, in this order (mDNS, the cluster), each within a bound.
@@ -160,6 +163,7 @@ class Daemon:
         await _bounded("model host", self.host.close(), drain + STOP_COMPONENT_S)
         if self.host.backend is not None:
             await _bounded("runtime", self.host.backend.close(), STOP_COMPONENT_S)
+        await _bounded("token last use", self.auth.tokens.flush_last_use(), STOP_COMPONENT_S)
         await _bounded("audit log", self._close_audit(), STOP_COMPONENT_S)
         await _bounded("database", self.store.close(), STOP_COMPONENT_S)
         control.clear_runtime(self.data_dir)
@@ -313,6 +317,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
             default_data_class=config.node.default_data_class,
             health=backend.health,  # /v2/health/ready shows degraded + reason
         )
+        try:
+            auth = await apps.open_auth(store, key, config.node)
+            app_unix = apps.bind(config.node) if config.node.app_socket else None
+        except apps.AppSocketError as exc:
+            raise StartupError(str(exc)) from None
+        cleanup.append(auth.tokens.flush_last_use)
         app_sock = bind_tcp(config.node.listen, key="node.listen")
         listen = address_of(app_sock)
         admin_sock = bind_unix(data_dir / control.ADMIN_SOCKET)
@@ -364,7 +374,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                          policy, host, app_state, enrolled.cluster if enrolled else None, trail)
         puller = Puller(enrolled.cluster, enrolled.deps.peers, host) if enrolled else None
         admin = _admin_app(_AdminNode(data_dir, store, audit, host, documents, policy), status,
-                           ident, peers, puller, trail)
+                           ident, peers, puller, trail, auth)
 
         drain = config.node.drain_timeout_s
         servers: list[Server] = []
@@ -376,8 +386,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         max_body = config.node.max_body_bytes
         raise_fd_limit(limits.MAX_APP_CONNECTIONS + limits.MAX_PEER_CONNECTIONS
                        + limits.MAX_PENDING_HANDSHAKES + limits.FD_RESERVE)
-        servers.append(await start_server(OipApp(app_state, host, metrics, router), app_sock,
-                                           drain, bounds=Bounds(max_body_bytes=max_body)))
+        oip = OipApp(app_state, host, metrics, router, auth)
+        servers.append(await start_server(oip, app_sock, drain,
+                                          bounds=Bounds(max_body_bytes=max_body)))
+        if app_unix is not None:  # the same API; the caller is the connecting uid
+            servers.append(await start_server(oip, app_unix, drain, protocol=UidProtocol,
+                                              bounds=Bounds(max_body_bytes=max_body)))
         servers.append(await start_server(admin, admin_sock, drain))
         stoppers: list[Stopper] = []
         if enrolled is not None:
@@ -427,7 +441,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         data_dir=data_dir, config=config, node_id=node_id, lock=lock,
         started_at=status.started_at, store=store, audit=audit, host=host, metrics=metrics,
         app_state=app_state, tasks=tasks, policy=policy, documents=documents, peers=peers,
-        router=router, peer_clients=enrolled.deps.peers if enrolled else None, trail=trail, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
+        router=router, peer_clients=enrolled.deps.peers if enrolled else None, trail=trail, auth=auth, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
         listen=listen, peer_listen=peer_listen, status=status,
     )
     control.write_runtime(data_dir, control.RuntimeInfo(
@@ -439,6 +453,7 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         detail={"version": server_version(), "models": len(host.served())},
     ))
     tasks.every(AUDIT_TICK_S, audit.tick, name="audit-ticker")
+    tasks.every(LAST_USE_FLUSH_S, auth.tokens.flush_last_use, name="token-last-use")
     app_state.ready = True
     log.info("node %s ready: app endpoint http://%s, admin %s", node_id, listen,
              data_dir / control.ADMIN_SOCKET)
@@ -455,7 +470,8 @@ class _Enrolled:
 
 
 def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
-               peers: PeerDirectory, puller: Puller | None, trail: Trail) -> AdminApp:
+               peers: PeerDirectory, puller: Puller | None, trail: Trail,
+               auth: AppAuth) -> AdminApp:
     """The admin API with the routes other modules own."""
     admin = AdminApp(node.host, status, node.audit.reader(), apply=node.apply)
 
@@ -464,8 +480,8 @@ def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
 
     async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
         return 200, explain(ident, peers, node.policy, payload["data_class"],
-                            payload.get("jurisdiction"), payload["to"],
-                            payload.get("model", "*"))
+                            payload.get("jurisdiction"), payload.get("to", ""),
+                            payload.get("model", "*"), payload.get("app"), auth)
 
     admin.route("GET", "/peers", peers_route)
     admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(node))
@@ -473,6 +489,7 @@ def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
     admin.route("POST", "/models/pull", pull_route(puller))
     admin.route("GET", "/trail/witnessed", trail_admin_route(trail))
     admin.route("GET", "/policy/explain", explain_route)
+    apps.admin_routes(admin, auth.tokens, node.audit)
     return admin
 
 

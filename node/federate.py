@@ -21,7 +21,7 @@ from federation.audit import EquivocationEvidence
 from federation.canonical import b64encode
 from federation.config import ClusterConfig
 from federation.identity import NodeIdentity
-from federation.policy_engine import DataAttrs, NodeAttrs
+from federation.policy_engine import ANONYMOUS, AppAttrs, DataAttrs, NodeAttrs
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.config import Config
 from node.forward import Call, Router, peek_parameters
@@ -40,6 +40,7 @@ from node.http import (
 )
 from node.limits import (
     AUDIT_PAGE_ENTRIES,
+    HEADER_APP,
     HEADER_HOPS,
     HEADER_JSON_LENGTH,
     HEADER_REQUEST_ID,
@@ -50,6 +51,7 @@ from node.peer import query as peer_query
 from node.peerclient import PeerClients
 from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView, Spawner
 from node.store import Store
+from node.tokens import AppAuth, parse_label
 
 if TYPE_CHECKING:
     from node.audit import AuditReader
@@ -329,6 +331,12 @@ async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, rece
     # Headers first (strictly: a peer must not feed 10**30 hops to the policy engine).
     call.hops = parse_hops(header(scope, HEADER_HOPS.encode()))
     call.request_id = parse_request_id(header(scope, HEADER_REQUEST_ID.encode()))
+    label = header(scope, HEADER_APP.encode())
+    try:
+        # The app as the sending node attests it (mutual TLS says who the sender is).
+        call.app = parse_label(label) if label is not None else None
+    except ValueError as exc:
+        raise HTTPError(400, f"{exc}; the sending node must label forwards correctly") from None
     raw_len = header(scope, HEADER_JSON_LENGTH.encode())
     if raw_len is not None:
         if not raw_len.isdigit() or len(raw_len) > 12:
@@ -345,7 +353,7 @@ async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, rece
         raise HTTPError(400, "a forwarded request must carry outpost.data_class and "
                              "outpost.jurisdiction (set by the sending node)")
     data = router.data_of(call, params)
-    decision = deps.policy.engine.decide_infer(call.caller, data, me, call.hops)
+    decision = deps.policy.engine.decide_infer(call.principal, data, me, call.hops, call.via)
     if not decision.allowed:
         reason = "; ".join(decision.reasons) or "denied"
         await deps.audit.append(deps.audit.record(
@@ -353,7 +361,7 @@ async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, rece
             data_class=data.data_class, outcome="denied", reason=reason[:1000],
             policy_version=decision.policy_version, input_sha256=call.sha256(),
             detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                    "request": call.request_id},
+                    "request": call.request_id, **call.audit_detail()},
         ))
         peer = call.caller.node_id if isinstance(call.caller, NodeAttrs) else call.caller
         raise HTTPError(403, f"{deps.node_id} refuses {data.describe()} from "
@@ -362,11 +370,14 @@ async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, rece
 
 def explain(identity: NodeIdentity | None, peers: PeerDirectory, policy: PolicyView,
             data_class: str, jurisdiction: str | None, target: str,
-            model: str) -> dict[str, Any]:
-    """``outpost policy explain``: the forward decision for this data to ``target``."""
+            model: str, app: str | None = None,
+            auth: AppAuth | None = None) -> dict[str, Any]:
+    """``outpost policy explain``: the forward decision for this data to ``target`` and, with
+    ``app``, the ``infer`` decision the executor makes for that app (its token's attributes)."""
     if identity is None:
         raise HTTPError(400, "this node is not enrolled; there is nothing to forward to")
     me = NodeAttrs(**identity.attributes())
+    target = target or identity.node_id
     attrs = None
     if target == identity.node_id:
         attrs = me
@@ -380,7 +391,7 @@ def explain(identity: NodeIdentity | None, peers: PeerDirectory, policy: PolicyV
     data = DataAttrs("explain", data_class, jurisdiction or me.jurisdiction, model)
     decision = policy.engine.decide_forward(me, data, attrs, 0)
     explanation = policy.engine.explain(decision)
-    return {
+    result: dict[str, Any] = {
         "allowed": decision.allowed,
         "policy_version": decision.policy_version,
         "policies": list(decision.policy_ids),
@@ -391,6 +402,31 @@ def explain(identity: NodeIdentity | None, peers: PeerDirectory, policy: PolicyV
         "data": {"data_class": data_class, "jurisdiction": data.jurisdiction, "model": model},
         "text": explanation.render(),
     }
+    if app is not None:
+        principal = _app_principal(auth, app)
+        local = attrs.node_id == identity.node_id
+        infer = policy.engine.decide_infer(principal, data, attrs, 0 if local else 1,
+                                           None if local else me)
+        result["app"] = {"name": principal.name, "attrs": dict(principal.attrs)}
+        result["infer"] = {
+            "allowed": infer.allowed, "policies": list(infer.policy_ids),
+            "reasons": list(infer.reasons), "errors": list(infer.errors),
+            "text": policy.engine.explain(infer).render(),
+        }
+        # Here, only infer is asked; elsewhere both the forward and the executor's re-check.
+        result["allowed"] = infer.allowed if local else decision.allowed and infer.allowed
+    return result
+
+
+def _app_principal(auth: AppAuth | None, name: str) -> AppAttrs:
+    """App ``name`` as a request of it would be judged: its active token's attributes."""
+    if name == ANONYMOUS.name:
+        return ANONYMOUS
+    row = auth.tokens.active(name) if auth is not None else None
+    if row is None and (auth is None or name not in auth.uids.values()):
+        raise HTTPError(404, f"app {name!r} has no active token and no socket uid mapping; "
+                             "`outpost token list` shows the apps")
+    return AppAttrs(name, dict(row.attrs) if row else {})
 
 
 __all__ = ["FederationDeps", "advertised_address", "build_cluster", "explain", "peer_routes",

@@ -16,6 +16,10 @@ it (``hops > 0``, the forwarding node is the caller):
    the policies and attributes that refused.
 4. The executing node re-checks ``infer`` with its own attested attributes (either side's deny
    wins), and both ends record what they decided in their audit logs.
+5. The app that asked travels with the request: the sending node attests it in the
+   ``Outpost-App`` header (its mutual-TLS identity vouches for the label), so the executor's
+   entry reads ``app:camera-svc via node:edge1`` and its ``infer`` re-check has the same
+   ``App`` principal, with the sending node as ``context.via``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from federation.placement import Candidate, PlacementConfig, place
-from federation.policy_engine import DataAttrs, Decision, NodeAttrs
+from federation.policy_engine import AppAttrs, DataAttrs, Decision, NodeAttrs
 from models import (
     CodecError,
     DecodedTooLarge,
@@ -45,6 +49,7 @@ from models import (
 from node import limits
 from node.http import HTTPError, close_pool, load_json_object, off_loop
 from node.limits import (
+    HEADER_APP,
     HEADER_HOPS,
     HEADER_JSON_LENGTH,
     HEADER_REQUEST_ID,
@@ -55,12 +60,14 @@ from node.modelhost import ModelNotFound, Served
 from node.peerclient import PeerClients, PeerError, PeerRefused
 from node.ports import AuditSink, ModelSource, PeerDirectory, PolicyView
 from node.refusals import RefusalTrail
+from node.tokens import AppIdentity
 
 log = logging.getLogger("outpost.forward")
 
 HDR_LEN = HEADER_JSON_LENGTH
 HOPS = HEADER_HOPS
 REQUEST_ID = HEADER_REQUEST_ID
+APP = HEADER_APP
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,16 @@ class Call:
     """Request-level parameters once read (the peer endpoint reads them before the router)."""
     digest: str | None = None
     """SHA-256 of the body once computed (every entry of the request carries it)."""
+    app: AppIdentity | None = None  # the app that asked (here, or as the sender attested it)
+    source: str = ""  # where a local app connected from: an address or uid:N
 
     @property
     def caller_name(self) -> str:
+        """The audit ``caller``: ``app:NAME``, ``app:NAME via node:SENDER``, ``node:SENDER``."""
+        if self.app is not None:
+            if isinstance(self.caller, NodeAttrs):
+                return f"app:{self.app.name} via node:{self.caller.node_id}"
+            return f"app:{self.app.name}"
         return self.caller if isinstance(self.caller, str) else f"node:{self.caller.node_id}"
 
     @property
@@ -118,6 +132,26 @@ class Call:
         if self.digest is None:
             self.digest = await off_loop(len(self.body), lambda: hashlib.sha256(self.body)
                                          .hexdigest())
+
+    @property
+    def principal(self) -> str | AppAttrs | NodeAttrs:
+        """Who ``infer`` policy judges: the app when one is known, else the forwarding node."""
+        return self.app.principal if self.app is not None else self.caller
+
+    @property
+    def via(self) -> NodeAttrs | None:
+        """The node that vouches for the app (``context.via``), when the app is not local."""
+        return self.caller if self.app is not None and isinstance(self.caller, NodeAttrs) else None
+
+    def audit_detail(self) -> dict[str, str | int | None]:
+        if self.app is None:
+            return {}
+        detail: dict[str, str | int | None] = {"app": self.app.name, "token": self.app.token_id}
+        if isinstance(self.caller, NodeAttrs):
+            detail["via"] = self.caller.node_id
+        elif self.source:
+            detail["source"] = self.source[:200]
+        return detail
 
 
 def decoded_budget(body_bytes: int) -> int:
@@ -299,7 +333,7 @@ class Router:
         engine = self.deps.policy.engine
         me = self.deps.me
         if data is not None and engine.bundle is not None and me is not None:
-            decision = engine.decide_infer(call.caller, data, me, call.hops)
+            decision = engine.decide_infer(call.principal, data, me, call.hops, call.via)
             if not decision.allowed:
                 await self._audit_infer(call, served, data, "denied", "; ".join(decision.reasons))
                 raise HTTPError(403, "policy does not allow this node to run "
@@ -378,6 +412,8 @@ class Router:
                                              json_bytes=call.json_bytes)
         path = f"/peer/v1/infer/{call.model}" + (f"/versions/{call.version}" if call.version else "")
         headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id}
+        if call.app is not None:
+            headers[APP] = call.app.label()  # attested by this node's TLS identity
         if header_length is not None:
             headers[HDR_LEN] = str(header_length)
         # The sender's decision is recorded while the request travels (not after it): durable
@@ -448,7 +484,8 @@ class Router:
                 input_sha256=call.sha256(), reason=reason,
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": call.request_id[:MAX_REQUEST_ID_CHARS]},
+                        "request": call.request_id[:MAX_REQUEST_ID_CHARS],
+                        **call.audit_detail()},
             ).to_bytes(), alone=alone)
         except Exception as exc:  # closed while stopping
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -478,7 +515,9 @@ class Router:
                 policy_version=policy_version, reason=reason[:1000],
                 input_sha256=call.sha256(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "failed": len(attempts), "request": call.request_id[:MAX_REQUEST_ID_CHARS]},
+                        "failed": len(attempts),
+                        "request": call.request_id[:MAX_REQUEST_ID_CHARS],
+                        **call.audit_detail()},
             ))
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); retry shortly",

@@ -19,6 +19,8 @@ from typing import Final
 #: ``node.federate``). ``Outpost-Hops`` counts forwards so a request cannot loop.
 HEADER_HOPS: Final = "outpost-hops"
 HEADER_REQUEST_ID: Final = "outpost-request-id"
+#: The app a forwarded request came from, as the sending node attests it (node.tokens).
+HEADER_APP: Final = "outpost-app"
 #: The Open Inference Protocol's binary-extension header (JSON head length).
 HEADER_JSON_LENGTH: Final = "inference-header-content-length"
 #: Request ids travel into audit entries: long enough for a UUID plus a prefix, no longer.

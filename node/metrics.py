@@ -73,11 +73,26 @@ class Metrics:
             "outpost_peer_requests", "Requests received on the peer endpoint, by route",
             ["route"], registry=self.registry,
         )
+        self.app_requests = Counter(
+            "outpost_app_requests", "Inference requests per app (token name, socket uid "
+            "mapping, anonymous; unknown = credentials named no app) and outcome (ok, denied, "
+            "unauthenticated, forbidden, throttled, bad_request, not_found, unavailable, "
+            "error)", ["app", "outcome"], registry=self.registry,
+        )
         self.registry.register(_QueueCollector(queue_depths))
         # Labelled children per model version, looked up once (``labels()`` takes a lock and
         # builds a key on every call; these run per request and per batch).
         self._answered: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._batches: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._apps: dict[tuple[str, str], Any] = {}
+
+    def app_request(self, app: str, outcome: str) -> None:
+        """One inference request of ``app`` ended with ``outcome``. Label values are bounded:
+        apps are the node's tokens and uid mappings plus ``anonymous`` and ``unknown``."""
+        child = self._apps.get((app, outcome))
+        if child is None:
+            child = self._apps[(app, outcome)] = self.app_requests.labels(app, outcome)
+        child.inc()
 
     def answered(self, name: str, version: str, seconds: float) -> None:
         """One inference answered 200 after ``seconds`` inside the daemon."""

@@ -208,13 +208,15 @@ def _load_inputs(text: str) -> Any:
 
 
 def infer(data_dir: Path, name: str, input_text: str, version: str | None,
-          data_class: str | None, jurisdiction: str | None) -> dict[str, Any]:
+          data_class: str | None, jurisdiction: str | None,
+          token: str | None = None) -> dict[str, Any]:
     info = control.read_runtime(data_dir)
     if info is None:
         raise DaemonError(f"no daemon is running on {data_dir}; start it with `outpost run`")
     base = f"{info.app_url}/v2/models/{name}" + (f"/versions/{version}" if version else "")
     raw = _load_inputs(input_text)
-    with httpx.Client(timeout=60.0) as http:
+    auth = {"authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=60.0, headers=auth) as http:
         if isinstance(raw, dict) and "inputs" in raw:
             body = raw
         else:

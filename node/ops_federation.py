@@ -199,8 +199,8 @@ def peers(data_dir: Path) -> list[dict[str, Any]]:
         return rows
 
 
-def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str,
-                   model: str) -> dict[str, Any]:
+def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str | None,
+                   model: str, app: str | None = None) -> dict[str, Any]:
     client = connect(data_dir)
     if client is None:
         raise EnrollmentError(
@@ -209,9 +209,11 @@ def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, ta
         )
     from urllib.parse import urlencode
 
-    query = {"data_class": data_class, "to": target, "model": model}
+    query = {"data_class": data_class, "to": target or "", "model": model}
     if jurisdiction:
         query["jurisdiction"] = jurisdiction
+    if app:
+        query["app"] = app
     with client:
         result: dict[str, Any] = client.request("GET", "/policy/explain?" + urlencode(query))
         return result

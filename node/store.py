@@ -120,6 +120,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE audit_cosignature (size INTEGER NOT NULL, witness TEXT NOT NULL,"
         " note TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (size, witness))",
     ],
+    # apps: bearer tokens of local apps (node/tokens.py): the secret's SHA-256 only, the
+    # attributes policy sees, and a MAC over the row so a hand edit is detected
+    [
+        "CREATE TABLE app_token (id TEXT PRIMARY KEY, name TEXT NOT NULL, hash BLOB NOT NULL,"
+        " attrs TEXT NOT NULL, created REAL NOT NULL, expires REAL, revoked REAL,"
+        " last_used REAL, mac BLOB NOT NULL)",
+        "CREATE INDEX app_token_name ON app_token(name)",
+    ],
 ]
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]

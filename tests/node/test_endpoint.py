@@ -266,5 +266,6 @@ def test_the_audited_caller_is_the_socket_peer_not_a_header(daemon: DaemonProc) 
     assert response.status_code == 200
     entries = [json.loads(line)["entry"] for line in outpost(
         "audit", "tail", "-n", "5", "--json", data_dir=daemon.data_dir).stdout.splitlines()]
-    callers = {e.get("caller") for e in entries if e["kind"] == "infer"}
-    assert callers == {"app@127.0.0.1"}, callers
+    callers = {(e.get("caller"), e["detail"].get("source")) for e in entries
+               if e["kind"] == "infer"}
+    assert callers == {("app:anonymous", "127.0.0.1")}, callers

@@ -136,7 +136,7 @@ def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Fed) -> None:
     assert sent["decision"] == "allowed" and sent["peer"] == "onprem"
     assert sent["policy_version"] == 1 and sent["data_class"] == "personal"
     served = [e for e in audit(fed.dirs["onprem"]) if e["kind"] == "infer"
-              and e.get("caller") == "node:edge"][-1]
+              and e.get("caller") == "app:anonymous via node:edge"][-1]
     assert served["detail"]["request"] == sent["detail"]["request"]
     assert served["outcome"] == "admitted" and served["data_class"] == "personal"
     explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--to",

@@ -404,7 +404,8 @@ def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Sites) -> Non
     served = [e for e in onprem.audit() if e["kind"] == "infer"
               and e.get("detail", {}).get("request") == sent["detail"]["request"]]
     assert len(served) == 1, (sent, served)
-    assert served[0]["outcome"] == "admitted" and served[0]["caller"] == "node:edge"
+    assert served[0]["outcome"] == "admitted"
+    assert served[0]["caller"] == "app:anonymous via node:edge"
     assert served[0]["data_class"] == "personal" and served[0]["policy_version"] == 1
     assert served[0]["detail"]["jurisdiction"] == "DE" and served[0]["detail"]["hops"] == 1
     assert not [e for e in cloud.audit()
@@ -518,7 +519,8 @@ def test_with_on_prem_down_personal_is_refused_and_nothing_reaches_the_cloud(
         served = [e for e in cloud.audit() if e["kind"] == "infer"
                   and e.get("detail", {}).get("request") == sent["detail"]["request"]]
         assert len(served) == 1 and served[0]["outcome"] == "admitted", (sent, served)
-        assert served[0]["data_class"] == "public" and served[0]["caller"] == "node:edge"
+        assert served[0]["data_class"] == "public"
+        assert served[0]["caller"] == "app:anonymous via node:edge"
         assert not [e for e in cloud.audit() if e["kind"] == "infer"
                     and e["data_class"] == "personal" and e.get("outcome") == "admitted"]
     finally:

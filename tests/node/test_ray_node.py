@@ -131,4 +131,5 @@ def test_a_forwarded_request_lands_on_a_ray_backed_peer(fed: Fed) -> None:
     assert runtime["backend"] == "ray" and runtime["models"][0]["mode"] == "ray"
     served = [json.loads(x)["entry"] for x in outpost(
         "audit", "tail", "-n", "50", "--json", data_dir=cloud).stdout.splitlines()]
-    assert any(e["kind"] == "infer" and e.get("caller") == "node:edge" for e in served)
+    assert any(e["kind"] == "infer" and e.get("caller") == "app:anonymous via node:edge"
+               for e in served)
