@@ -22,13 +22,15 @@ from pathlib import Path
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from node.errors import OperatorError
+
 log = logging.getLogger("outpost.appsock")
 
 UID_KEY = "outpost.uid"
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 
 
-class AppSocketError(RuntimeError):
+class AppSocketError(OperatorError, RuntimeError):
     """The app socket cannot be set up; the message names the config key and the fix."""
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation.policy_engine import ANONYMOUS, AppAttrs
+from node.errors import OperatorError
 from node.store import Store
 
 # -- limits (each bounds something a caller or an operator can grow) ---------------------------
@@ -80,7 +81,7 @@ _MAC_LABEL = b"outpost app-token rows v1"
 AUTH_MODES = ("optional", "required")
 
 
-class TokenError(ValueError):
+class TokenError(OperatorError, ValueError):
     """``token add``/``revoke`` input is wrong; the message names the fix."""
 
 

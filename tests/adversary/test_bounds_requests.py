@@ -66,7 +66,7 @@ def test_a_bytes_flood_is_refused_413_before_it_is_decoded(tmp_path: Path) -> No
         refused = [e for e in audit_entries(data_dir) if e["kind"] == "infer"
                    and e.get("outcome") == "too_large"]
         assert refused and refused[-1]["detail"]["status"] == 413
-        assert refused[-1]["caller"] == "app@127.0.0.1" and refused[-1]["model"] == "echo"
+        assert refused[-1]["caller"] == "app:anonymous" and refused[-1]["model"] == "echo"
     finally:
         node.stop()
 
@@ -158,7 +158,7 @@ def test_malformed_forwards_are_refused_400_on_the_trail_and_floods_are_aggregat
     assert any("nested deeper" in e.get("reason", "") for e in refusals)
     assert any(e["kind"] == "infer" and e.get("caller") == "node:b" and e.get("outcome") == "denied"
                and e.get("data_class") == "public" for e in entries)
-    assert any(e.get("caller") == "app@127.0.0.1" and e.get("outcome") == "bad_request"
+    assert any(e.get("caller") == "app:anonymous" and e.get("outcome") == "bad_request"
                for e in entries)
 
     def counted() -> int:
