@@ -95,6 +95,9 @@ def print_status(info: dict[str, Any]) -> None:
             f"{_size(caps['disk']['free'])} free   gpus {len(caps['gpus'])}   "
             f"onnxruntime {caps['onnxruntime']}"
         )
+        console.print(f"runtime: {caps.get('onnxruntime_package', 'onnxruntime')} on "
+                      f"{caps.get('machine', '?')}, providers "
+                      f"{', '.join(caps.get('providers_installed', []))}", highlight=False)
     _print_runtime(info.get("runtime"))
     table = Table("model", "version", "provider", "queue", "batching", "sha256")
     for m in info.get("models", []):

@@ -7,7 +7,6 @@ Errors are one line on stderr and a non-zero exit code (3 when the daemon cannot
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,25 +48,30 @@ def init(data_dir: Path, name: str | None, no_sample: bool) -> None:
 @data_dir_option
 @click.option("--listen", help="App endpoint HOST:PORT (config node.listen, default 127.0.0.1:8470).")
 @click.option("--peer-listen", help="Peer endpoint HOST:PORT (config node.peer_listen).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: str) -> None:
-    """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log level (default: config log.level, info).")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines as text or JSON (default: config log.format, text).")
+def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: str | None,
+        log_format: str | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (then drain and exit 0); SIGHUP reloads."""
+    from models.errors import MissingExtra
     from node import config as cfg
+    from node import logs
     from node.daemon import EXIT_STARTUP_FAILURE, StartupError
     from node.daemon import run as run_daemon
 
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    overrides = {k: v for k, v in (("level", log_level), ("format", log_format)) if v}
+    logs.setup(log_level or "info", log_format or "text")
     try:
         config = cfg.load(data_dir)
         changes = {k: v for k, v in (("listen", listen), ("peer_listen", peer_listen)) if v}
         if changes:
             config = config.replace("node", **changes)
-        code = _event_loop_runner()(run_daemon(data_dir, config))
-    except (StartupError, ConfigError) as exc:
+        logs.setup(overrides.get("level", config.log.level),
+                   overrides.get("format", config.log.format), node_id=config.node.name)
+        code = _event_loop_runner()(run_daemon(data_dir, config, log_overrides=overrides))
+    except (StartupError, ConfigError, MissingExtra) as exc:
         click.echo(f"outpost: cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP_FAILURE)
     sys.exit(code)
@@ -543,12 +547,30 @@ def policy_show(data_dir: Path, as_json: bool) -> None:
 def _register_groups() -> None:
     from cli.batch import batch
     from cli.bundle import bundle
+    from cli.ops import stop
 
     main.add_command(bundle)
+    main.add_command(stop)
     main.add_command(batch)
 
 
 _register_groups()
 
+
+def entry() -> None:
+    """The ``outpost`` script: :func:`main`, with a missing optional part (pip extra) as one
+    line naming the extra instead of a traceback, wherever the import happened."""
+    from models.extras import for_module
+
+    try:
+        main()
+    except ModuleNotFoundError as exc:
+        message = for_module(exc)
+        if message is None:
+            raise
+        click.echo(f"outpost: error: {message}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -14,7 +14,9 @@ given is not a model we can serve"::
     │                       signature  -> the daemon answers HTTP 400
     ├── Overloaded          the model's queue is full -> HTTP 503 with Retry-After
     ├── ModelUnavailable    the model version is closed or being unloaded -> HTTP 503
-    └── InferenceFailed     onnxruntime raised while running a (valid) request -> HTTP 500
+    ├── InferenceFailed     onnxruntime raised while running a (valid) request -> HTTP 500
+    └── MissingExtra        an optional part (pip extra: ray, batch) is not installed; the
+                            message names the extra (``models.extras``)
 
 Third-party errors (onnxruntime, json, numpy) are translated at this package's boundary
 with ``raise ... from exc``, so the daemon only ever catches ``ModelError``. Every message
@@ -84,3 +86,8 @@ class InferenceFailed(ModelError):
     The message names the model; the onnxruntime error is chained as ``__cause__``. The
     model stays loaded and keeps serving other requests.
     """
+
+
+class MissingExtra(ModelError):
+    """An optional dependency (a pip extra of outpost) is not installed. The message names
+    the ``pip install 'outpost[EXTRA]'`` that fixes it."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node import logs
 from node.forward import Call, Router
 from node.http import (
     JSON_TYPE,
@@ -46,6 +47,7 @@ PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
 _HDR_LEN = b"inference-header-content-length"
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
+REQUEST_ID_HEADER = b"outpost-request-id"  # the audit entry's request id, for the app
 
 
 @dataclass
@@ -83,6 +85,9 @@ class OipApp:
             await self._route(scope, receive, send)
         except HTTPError as exc:
             self.metrics.http_errors.labels(str(exc.status)).inc()
+            rid = logs.request_id.get()
+            if rid is not None:
+                exc.headers = [*exc.headers, (REQUEST_ID_HEADER, rid.encode())]
             await send_error(send, exc)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
@@ -167,15 +172,21 @@ class OipApp:
             except ValueError:
                 raise HTTPError(400, "Inference-Header-Content-Length is not an integer") from None
         client = scope.get("client")
+        request_id = _next_request_id()
+        # Every log line from here on carries it (node.logs); the app gets it back in a header
+        # to find its audit entry (errors too: OipApp.__call__).
+        logs.request_id.set(request_id)
+        log.debug("infer %s:%s from %s", name, version or "latest", client[0] if client else "-")
         answer = await self.router.infer(Call(
             model=name, version=version, body=body, header_length=header_length,
             caller=f"app@{client[0]}" if client else "app", hops=0,
-            request_id=_next_request_id(),
+            request_id=request_id,
         ))
+        rid_header = (REQUEST_ID_HEADER, request_id.encode())
         if answer.header_length is None:
-            headers = [JSON_TYPE]
+            headers = [JSON_TYPE, rid_header]
         else:
-            headers = [_BINARY_TYPE, (_HDR_LEN, str(answer.header_length).encode())]
+            headers = [_BINARY_TYPE, (_HDR_LEN, str(answer.header_length).encode()), rid_header]
         await send_response(send, 200, answer.body, headers)
 
 

@@ -252,6 +252,25 @@ class PlacementSection:
 
 
 @dataclass(frozen=True)
+class LogSection:
+    """The daemon's log on stderr (the journal under systemd)."""
+
+    level: str = "info"
+    """debug, info, warning or error. Changes live on SIGHUP (`systemctl reload outpost`).
+    Libraries (uvicorn, aiohttp, httpx, zeroconf, ray) log only warnings unless this is debug."""
+
+    format: str = "text"
+    """`text` for people, `json` for log shippers: one object per line with time, level,
+    logger, message, node_id and request_id (when the line belongs to a request)."""
+
+    def __post_init__(self) -> None:
+        if self.level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log.level must be one of debug, info, warning, error")
+        if self.format not in ("text", "json"):
+            raise ConfigError('log.format must be "text" or "json"')
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node configuration, as stored in ``outpost.toml``."""
 
@@ -263,6 +282,7 @@ class Config:
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     placement: PlacementSection = field(default_factory=PlacementSection)
     ray: RayConfig = field(default_factory=RayConfig)
+    log: LogSection = field(default_factory=LogSection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -279,6 +299,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "discovery": DiscoverySection,
     "placement": PlacementSection,
     "ray": RayConfig,
+    "log": LogSection,
 }
 
 

@@ -467,8 +467,12 @@ async def start(data_dir: Path, config: Config) -> Daemon:
     return daemon
 
 
-async def run(data_dir: Path, config: Config) -> int:
-    """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the process exit code."""
+async def run(data_dir: Path, config: Config, *,
+              log_overrides: dict[str, str] | None = None) -> int:
+    """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the process exit code.
+    ``node.service`` adds systemd notices, the watchdog and SIGHUP reload around it."""
+    from node.service import Service
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen: list[int] = []
@@ -490,7 +494,10 @@ async def run(data_dir: Path, config: Config) -> int:
         daemon = await start(data_dir, config)
         daemon_ref.append(daemon)
         print(f"outpost: node {daemon.node_id} ready on http://{daemon.listen}", flush=True)
+        service = Service(daemon, log_overrides=log_overrides)
+        service.started()
         await stop.wait()
+        service.stopping()
         await daemon.stop()
         log.info("node %s stopped", daemon.node_id)
         return 0
