@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -33,3 +34,50 @@ def stop(data_dir: Path, timeout: float | None, as_json: bool) -> None:
         click.echo(f"stopped node {result.node_id} (pid {result.pid}) in {result.seconds:.1f} s")
     else:
         click.echo(f"no daemon running in {data_dir}")
+
+
+@click.group("config")
+def config_group() -> None:
+    """The node configuration: what is in force and where it came from."""
+
+
+@config_group.command("show")
+@data_dir_option
+@json_option
+def config_show(data_dir: Path, as_json: bool) -> None:
+    """The effective configuration `outpost run` would use, each value with its source:
+    default, file (outpost.toml), env (OUTPOST_<SECTION>_<KEY>) or flag."""
+    from node.config_sources import as_json as to_json
+    from node.config_sources import effective
+
+    with out.errors():
+        config, sources = effective(data_dir)
+    values = to_json(config)
+    if as_json:
+        out.print_json({"config": values, "sources": sources})
+        return
+    for section, fields in values.items():
+        click.echo(f"[{section}]")
+        for key, value in fields.items():
+            click.echo(f"  {key} = {json.dumps(value)}    # {sources[f'{section}.{key}']}")
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def config_check(file: Path, as_json: bool) -> None:
+    """Validate a config file as `outpost run` would; exit 1 naming the bad key."""
+    from node.config import ConfigError
+    from node.config_sources import check_file
+
+    try:
+        check_file(file)
+    except ConfigError as exc:
+        if as_json:
+            out.print_json({"ok": False, "file": str(file), "error": str(exc)})
+            raise SystemExit(1) from None
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        out.print_json({"ok": True, "file": str(file)})
+    else:
+        click.echo(f"ok: {file} is a valid outpost configuration")

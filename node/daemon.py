@@ -48,7 +48,7 @@ from node.enrollment import (
     policy_bundle,
     revocations,
 )
-from node.federate import explain, peer_routes, peers_view, start_federation
+from node.federate import peer_routes, peers_view, start_federation
 from node.forward import Router
 from node.http import HTTPError, Receive, Scope, Send, send_json
 from node.keys import NodeKeyError, key_path, load_key
@@ -238,6 +238,8 @@ class Daemon:
             applied = await apply_document(self.store, self.data_dir, body)
         except (FederationError, EnrollmentError) as exc:
             raise ValueError(str(exc)) from exc
+        if applied.unchanged:
+            return applied.to_json()
         await self.audit.append(self.audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
         if applied.kind == "revocation" and self.credentials is not None:
             held = await revocations(self.store, self.data_dir)
@@ -407,10 +409,14 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         admin.route("GET", "/peers", peers)
         admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(daemon))
         admin.route("POST", batch.AUDIT_ROUTE, batch.admin_route(daemon))
+        from node import renew  # issue 12: certificate renewal applied live
+
+        admin.route("POST", renew.RENEW_ROUTE, renew.admin_route(daemon))
 
         async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
-            return 200, await explain(daemon, payload["data_class"], payload.get("jurisdiction"),
-                                      payload["to"], payload.get("model", "*"))
+            from node.explain import explain as explain_any  # every action (issue 12)
+
+            return 200, await explain_any(daemon, payload)
 
         admin.route("GET", "/policy/explain", explain_route)
         drain = config.node.drain_timeout_s

@@ -287,6 +287,8 @@ def apply(data_dir: Path, document: Path) -> dict[str, Any]:
         store = await Store.open(data_dir)
         try:
             applied = await apply_document(store, data_dir, body)
+            if applied.unchanged:
+                return applied.to_json()
             audit = await AuditLog.open(store, key, config.node.name,
                                         ident.federation if ident else None, config.audit)
             await audit.append(audit.record(f"{applied.kind}.apply", **applied.audit_fields()))

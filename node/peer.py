@@ -71,6 +71,14 @@ class PeerCredentials:
         self._client = client_context(self.cert_pem, self.key_pem, self.authority_pem,
                                       self._crl())
 
+    def reload_certificate(self, cert_pem: bytes) -> None:
+        """A renewed certificate of the same key (``node.renew``): new handshakes, both
+        directions, present it; the listening socket stays (its SNI callback picks it up)."""
+        self.cert_pem = cert_pem
+        self._server = self._build_server()
+        self._client = client_context(self.cert_pem, self.key_pem, self.authority_pem,
+                                      self._crl())
+
     def identify(self, sslobj: ssl.SSLObject) -> NodeIdentity:
         return peer_identity(sslobj, self.authority_pem, datetime.now(UTC),
                              revocations=self.revocations)

@@ -51,6 +51,7 @@ class Service:
         # `outpost run --log-level/--log-format` win over the file, on reload too.
         self.log_overrides = log_overrides or {}
         self._watchdog: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[Any] | None = None
         # What the file said at start (the running config also holds `run` flags, which a
         # reload must not report as changes).
@@ -68,13 +69,18 @@ class Service:
             self._watchdog = asyncio.create_task(notify.watchdog_forever(interval),
                                                  name="sd-watchdog")
             log.info("systemd watchdog: pinging every %.1f s", interval)
+        if self.daemon.identity is not None:
+            from node.renew import warn_forever
+
+            self._expiry = asyncio.create_task(warn_forever(self.daemon), name="cert-expiry")
         notify.ready(f"serving on {self.daemon.listen}")
 
     def stopping(self) -> None:
         notify.stopping()
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for task in (self._watchdog, self._expiry):
+            if task is not None:
+                task.cancel()
 
     def _on_hup(self) -> None:
         if self._reloading is not None and not self._reloading.done():
