@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,11 +178,23 @@ class OipApp:
         # to find its audit entry (errors too: OipApp.__call__).
         logs.request_id.set(request_id)
         log.debug("infer %s:%s from %s", name, version or "latest", client[0] if client else "-")
-        answer = await self.router.infer(Call(
-            model=name, version=version, body=body, header_length=header_length,
-            caller=f"app@{client[0]}" if client else "app", hops=0,
-            request_id=request_id,
-        ))
+        started = time.perf_counter()
+        try:
+            answer = await self.router.infer(Call(
+                model=name, version=version, body=body, header_length=header_length,
+                caller=f"app@{client[0]}" if client else "app", hops=0,
+                request_id=request_id,
+            ))
+        except HTTPError as exc:
+            outcome = "denied" if exc.status == 403 else "failure"
+            route = {403: "denied", 503: "unavailable"}.get(exc.status)
+            self.metrics.finished(name, version or "latest", outcome, None, route)
+            raise
+        # success is counted where the model ran (Metrics.answered); a forward here
+        forwarded = answer.route == "forwarded"
+        self.metrics.finished(name, answer.version or version or "latest",
+                              "forwarded" if forwarded else None,
+                              time.perf_counter() - started, answer.route)
         rid_header = (REQUEST_ID_HEADER, request_id.encode())
         if answer.header_length is None:
             headers = [JSON_TYPE, rid_header]

@@ -80,6 +80,11 @@ class NodeSection:
     """On SIGTERM/SIGINT: how long in-flight requests may take to finish before they are
     cancelled. Longer is kinder to clients, shorter restarts faster."""
 
+    metrics_listen: str = ""
+    """Optional HOST:PORT serving only `GET /metrics`, so Prometheus can scrape without
+    reaching the app endpoint (e.g. 0.0.0.0:9470 while `listen` stays on loopback). Empty:
+    /metrics is on the app endpoint only."""
+
     default_data_class: str = "restricted"
     """Data class given to requests that carry no `outpost.data_class` parameter. The shipped
     default, `restricted`, is a class the example policies never let leave the node."""
@@ -90,6 +95,8 @@ class NodeSection:
             validate_node_id(self.name)
         parse_hostport(self.listen, key="node.listen")
         parse_hostport(self.peer_listen, key="node.peer_listen")
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, key="node.metrics_listen")
         if not 1024 <= self.max_body_bytes <= 4 * 1024**3:
             raise ConfigError("node.max_body_bytes must be between 1024 and 4 GiB")
         if not 0 <= self.drain_timeout_s <= 600:

@@ -449,6 +449,9 @@ async def start(data_dir: Path, config: Config) -> Daemon:
                 ) from None
         host_addr, port = app_sock.getsockname()[:2]
         daemon.listen = f"{host_addr}:{port}"
+        from node.obs import instrument  # issue 12: gauges, audit timing, metrics_listen
+
+        await instrument(daemon)
     except BaseException:
         for close in reversed(cleanup):
             with contextlib.suppress(Exception):

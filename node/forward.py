@@ -76,6 +76,8 @@ class Call:
 class Answer:
     body: bytes
     header_length: int | None
+    route: str = "local"  # or "forwarded": metrics count outcomes by it
+    version: str | None = None  # the model version that served it, when it ran here
 
 
 def peek_parameters(body: bytes, header_length: int | None) -> dict[str, Any]:
@@ -290,7 +292,7 @@ class Router:
         previous = self._latency.get(data.model)
         self._latency[data.model] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
         self.daemon.metrics.answered(record.name, record.version, elapsed)
-        return Answer(body, json_len)
+        return Answer(body, json_len, "local", record.version)
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -413,4 +415,5 @@ def _annotated_answer(body: bytes, header_length: int | None, why: str) -> Answe
     params["outpost.reason"] = why
     doc["parameters"] = params
     new_head = json.dumps(doc, separators=(",", ":")).encode()
-    return Answer(new_head + tail, len(new_head) if header_length is not None else None)
+    return Answer(new_head + tail, len(new_head) if header_length is not None else None,
+                  "forwarded", doc.get("model_version"))

@@ -73,10 +73,44 @@ class Metrics:
             "outpost_peer_requests", "Requests received on the peer endpoint, by route",
             ["route"], registry=self.registry,
         )
+        # -- issue 12: per-outcome requests, the Triton-style duration split, audit, gossip --
+        self.outcomes = Counter(
+            "outpost_inference_requests", "Inference requests by model, version and outcome "
+            "(success, failure, denied, forwarded); version is 'latest' when the app named none "
+            "and the request never reached a model", ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "outpost_inference_request_duration_seconds", "Time from a request's arrival to "
+            "its answer, for answered requests", ["model", "version"], buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.queue_duration = Histogram(
+            "outpost_inference_queue_duration_seconds", "Time a request waited for its "
+            "micro-batch to start (time in the model minus the batch's compute time)",
+            ["model", "version"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.compute_duration = Histogram(
+            "outpost_inference_compute_duration_seconds", "Model run time of the micro-batch "
+            "a request ran in", ["model", "version"], buckets=_LATENCY, registry=self.registry,
+        )
+        self.audit_append = Histogram(
+            "outpost_audit_append_duration_seconds", "Time until an audit entry is durable "
+            "(group commit included)", buckets=_LATENCY, registry=self.registry,
+        )
+        self.gossip_messages = Counter(
+            "outpost_gossip_messages", "Gossip messages by direction (in, out) and transport "
+            "(udp, tcp)", ["direction", "transport"], registry=self.registry,
+        )
+        self.gossip_bytes = Counter(
+            "outpost_gossip_bytes", "Gossip bytes by direction and transport",
+            ["direction", "transport"], registry=self.registry,
+        )
+        self._last_compute: dict[tuple[str, str], float] = {}
         self.registry.register(_QueueCollector(queue_depths))
         # Labelled children per model version, looked up once (``labels()`` takes a lock and
         # builds a key on every call; these run per request and per batch).
-        self._answered: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._answered: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._batches: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def answered(self, name: str, version: str, seconds: float) -> None:
@@ -84,9 +118,34 @@ class Metrics:
         children = self._answered.get((name, version))
         if children is None:
             children = self._answered[(name, version)] = (
-                self.requests.labels(name, version, "200"), self.latency.labels(name, version))
+                self.requests.labels(name, version, "200"), self.latency.labels(name, version),
+                self.queue_duration.labels(name, version),
+                self.compute_duration.labels(name, version))
         children[0].inc()
         children[1].observe(seconds)
+        self.outcomes.labels(name, version, "success").inc()
+        # The batch this request rode in finished just before its answer: with one worker per
+        # model (the default) the last compute time seen is exactly that batch's.
+        compute = self._last_compute.get((name, version))
+        if compute is not None:
+            children[3].observe(compute)
+            children[2].observe(max(0.0, seconds - compute))
+
+    def finished(self, model: str, version: str, outcome: str | None,
+                 seconds: float | None, route: str | None) -> None:
+        """One app request finished: ``outcome`` to count (None: already counted where it
+        ran), ``seconds`` when it was answered, ``route`` where placement sent it (local,
+        forwarded, denied, unavailable; None when it never reached placement)."""
+        if route is not None:
+            self.placements.labels(route).inc()
+        if outcome is not None:
+            self.outcomes.labels(model, version, outcome).inc()
+        if seconds is not None:
+            self.request_duration.labels(model, version).observe(seconds)
+
+    def gossip_io(self, direction: str, transport: str, size: int) -> None:
+        self.gossip_messages.labels(direction, transport).inc()
+        self.gossip_bytes.labels(direction, transport).inc(size)
 
     def observe_batch(self, name: str, version: str, size: int, seconds: float) -> None:
         children = self._batches.get((name, version))
@@ -95,6 +154,7 @@ class Metrics:
                 self.batch_size.labels(name, version), self.batch_seconds.labels(name, version))
         children[0].observe(size)
         children[1].observe(seconds)
+        self._last_compute[(name, version)] = seconds
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
