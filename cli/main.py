@@ -638,11 +638,13 @@ def policy_show(data_dir: Path, as_json: bool) -> None:
 def _register_groups() -> None:
     from cli.batch import batch
     from cli.bundle import bundle
-    from cli.ops import config_group, stop
+    from cli.ops import backup, config_group, restore, stop
 
     main.add_command(bundle)
     main.add_command(stop)
     main.add_command(config_group)
+    main.add_command(backup)
+    main.add_command(restore)
     main.add_command(batch)
 
 

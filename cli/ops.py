@@ -81,3 +81,49 @@ def config_check(file: Path, as_json: bool) -> None:
         out.print_json({"ok": True, "file": str(file)})
     else:
         click.echo(f"ok: {file} is a valid outpost configuration")
+
+
+@click.command()
+@data_dir_option
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A new directory for the backup (mode 0700: it holds the node key).")
+@json_option
+def backup(data_dir: Path, output: Path, as_json: bool) -> None:
+    """Back up the node, online: a consistent database snapshot (SQLite backup API), the
+    model files it names, the key, certificates and config."""
+    from node.backup import BackupError
+    from node.backup import backup as do_backup
+
+    with out.errors():
+        try:
+            result = do_backup(data_dir, output)
+        except BackupError as exc:
+            raise out.CliError(str(exc)) from None
+    if as_json:
+        out.print_json(result)
+    else:
+        click.echo(f"backed up node {result['node_id']} to {result['backup']}: "
+                   f"{result['files']} files, {result['models']} model(s), "
+                   f"{result['bytes']:,} bytes in {result['seconds']:.1f} s")
+
+
+@click.command()
+@data_dir_option
+@click.argument("backup_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+def restore(data_dir: Path, backup_dir: Path, as_json: bool) -> None:
+    """Restore BACKUP_DIR into --data-dir (which must hold no node), checking every file."""
+    from node.backup import BackupError
+    from node.backup import restore as do_restore
+
+    with out.errors():
+        try:
+            result = do_restore(backup_dir, data_dir)
+        except BackupError as exc:
+            raise out.CliError(str(exc)) from None
+    if as_json:
+        out.print_json(result)
+    else:
+        click.echo(f"restored node {result['node_id']} into {result['data_dir']} "
+                   f"({result['files']} files); check it with `outpost audit verify`, then "
+                   "`outpost run`")
