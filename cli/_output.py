@@ -135,6 +135,11 @@ def _print_operator(info: dict[str, Any]) -> None:
     if evidence.get("equivocations"):
         console.print(f"[bold red]evidence[/bold red]: {evidence['equivocations']} "
                       "equivocation(s) (see `outpost audit tail`)")
+    clock = info.get("clock") or {}
+    if clock.get("warning"):
+        console.print(f"[bold yellow]warning[/bold yellow]: {clock['warning']}", highlight=False)
+    elif clock.get("offset_s") is not None:
+        console.print(f"clock: {clock['offset_s']:+.3f} s from peers", highlight=False)
     cert = info.get("certificate")
     if cert:
         if cert.get("error"):

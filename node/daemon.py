@@ -323,7 +323,9 @@ def _peer_app(daemon: Daemon) -> PeerApp:
 
     async def hello(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                     rest: str) -> None:
-        await send_json(send, 200, {"node_id": daemon.node_id, "you": peer.node_id})
+        # "time": peers estimate their clock offset from it (node.clock)
+        await send_json(send, 200, {"node_id": daemon.node_id, "you": peer.node_id,
+                                    "time": time.time()})
 
     app.route("GET", "/peer/v1/audit", audit_view)
     app.route("GET", "/peer/v1/hello", hello)

@@ -55,8 +55,9 @@ def load_identity(data_dir: Path) -> NodeIdentity | None:
         )
     except (FederationError, FileNotFoundError) as exc:
         raise EnrollmentError(
-            f"the node certificate in {data_dir} does not verify ({exc}); re-enroll with "
-            "`outpost join request` and `outpost join CERT`"
+            f"the node certificate in {data_dir} does not verify ({exc}); if its dates are "
+            f"right, this machine's clock is not (it says {now():%Y-%m-%d %H:%M} UTC): fix "
+            "the clock; otherwise re-enroll with `outpost join request` and `outpost join CERT`"
         ) from exc
 
 

@@ -171,3 +171,18 @@ async def instrument(daemon: Daemon) -> None:
                                                   daemon.config.node.drain_timeout_s))
         host, port = sock.getsockname()[:2]
         daemon.metrics_listen = f"{host}:{port}"  # type: ignore[attr-defined]
+
+
+class _ClockCollector(Collector):
+    def __init__(self, report: dict[str, Any]) -> None:
+        self.report = report
+
+    def collect(self) -> Iterable[Metric]:
+        offset = self.report.get("offset_s")
+        if offset is not None:
+            yield GaugeMetricFamily("outpost_clock_offset_seconds", "Median peer clock minus "
+                                    "this node's (positive: this node is behind)", value=offset)
+
+
+def clock_gauge(daemon: Daemon, report: dict[str, Any]) -> None:
+    daemon.metrics.registry.register(_ClockCollector(report))

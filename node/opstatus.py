@@ -83,6 +83,7 @@ def details(data_dir: Path, info: dict[str, Any], now: datetime | None = None) -
         if client is not None:
             with client:
                 rows = client.request("GET", "/peers")
+                info["clock"] = client.request("GET", "/clock")
             # the member table includes this node itself
             info["members_by_state"] = dict(Counter(r["state"] for r in rows))
     info["evidence"] = {"equivocations": len(info.get("equivocations") or [])}

@@ -52,12 +52,24 @@ class Service:
         self.log_overrides = log_overrides or {}
         self._watchdog: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[None] | None = None
+        self.clock_report: dict[str, Any] = {"offset_s": None, "warning": None}
         self._reloading: asyncio.Task[Any] | None = None
         # What the file said at start (the running config also holds `run` flags, which a
         # reload must not report as changes).
         self._file: cfg.Config | None = None
 
     def started(self) -> None:
+        report = self.clock_report
+
+        async def clock_route(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
+            return 200, report
+
+        if self.daemon.admin is not None:
+            self.daemon.admin.route("GET", "/clock", clock_route)
+        from node.obs import clock_gauge
+
+        clock_gauge(self.daemon, report)
         try:
             self._file = cfg.load(self.daemon.data_dir)
         except cfg.ConfigError:
@@ -73,12 +85,17 @@ class Service:
             from node.renew import warn_forever
 
             self._expiry = asyncio.create_task(warn_forever(self.daemon), name="cert-expiry")
+        if self.daemon.cluster is not None:
+            from node.clock import watch_forever
+
+            self._clock = asyncio.create_task(watch_forever(self.daemon, self.clock_report),
+                                              name="clock-check")
         notify.ready(f"serving on {self.daemon.listen}")
 
     def stopping(self) -> None:
         notify.stopping()
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        for task in (self._watchdog, self._expiry):
+        for task in (self._watchdog, self._expiry, self._clock):
             if task is not None:
                 task.cancel()
 
