@@ -38,8 +38,6 @@ from node.store import DB_FILE
 MANIFEST = "manifest.json"
 FORMAT = "outpost-backup/1"
 _FILES = (CONFIG_FILE, KEY_FILE, NODE_CERT, AUTHORITY_CERT)
-# Pages copied per step of the online backup: small steps let the daemon's writer in between.
-_PAGES_PER_STEP = 1024
 
 
 class BackupError(RuntimeError):
@@ -67,7 +65,9 @@ def backup(data_dir: Path, out: Path) -> dict[str, Any]:
     source = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     target = sqlite3.connect(out / DB_FILE)
     try:
-        source.backup(target, pages=_PAGES_PER_STEP)
+        # One step: in WAL mode the copy reads one snapshot while the daemon keeps writing;
+        # a copy in several steps would restart whenever the log grew between two of them.
+        source.backup(target, pages=-1)
         target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
         models = [(row[0], row[1], row[2]) for row in
                   target.execute("SELECT name, version, sha256 FROM models")]
@@ -88,12 +88,17 @@ def backup(data_dir: Path, out: Path) -> dict[str, Any]:
             shutil.copy2(src, blobs / src.name)
     files = {str(p.relative_to(out)): {"sha256": _sha256(p), "size": p.stat().st_size}
              for p in sorted(out.rglob("*")) if p.is_file()}
-    from node.config import load
-    from node.daemon import server_version
+    from importlib.metadata import PackageNotFoundError, version
 
+    from node.config import load
+
+    try:
+        outpost_version = version("outpost")
+    except PackageNotFoundError:
+        outpost_version = "0+unknown"
     node_id = load(data_dir).node.name
     manifest = {"format": FORMAT, "node_id": node_id, "created": time.time(),
-                "outpost_version": server_version(), "files": files}
+                "outpost_version": outpost_version, "files": files}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return {"backup": str(out), "node_id": node_id, "files": len(files), "models": len(models),
             "bytes": sum(f["size"] for f in files.values()),
