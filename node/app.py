@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node import logs
+from node import logs, trace
 from node.forward import Call, Router
 from node.http import (
     JSON_TYPE,
@@ -177,6 +177,7 @@ class OipApp:
         # Every log line from here on carries it (node.logs); the app gets it back in a header
         # to find its audit entry (errors too: OipApp.__call__).
         logs.request_id.set(request_id)
+        trace.accept(header(scope, b"traceparent"))  # W3C trace context, carried on forwards
         log.debug("infer %s:%s from %s", name, version or "latest", client[0] if client else "-")
         started = time.perf_counter()
         try:

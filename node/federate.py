@@ -220,6 +220,10 @@ def peer_routes(daemon: Daemon) -> None:
         except ValueError:
             raise HTTPError(400, "bad Inference-Header-Content-Length or Outpost-Hops") from None
         request_id = (header(scope, b"outpost-request-id") or b"").decode()[:64] or "forwarded"
+        from node import logs, trace  # issue 12: the sender's request id and trace, here too
+
+        logs.request_id.set(request_id)
+        trace.accept(header(scope, b"traceparent"))
         router, me = daemon.router, daemon.router.self_attrs if daemon.router else None
         if router is None or me is None:
             raise HTTPError(503, "this node is not ready to take forwarded requests")
@@ -242,7 +246,8 @@ def peer_routes(daemon: Daemon) -> None:
                 policy_version=decision.policy_version,
                 input_sha256=hashlib.sha256(body).hexdigest(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": request_id},
+                        "request": request_id,
+                        **({"trace": trace.trace_id()} if trace.trace_id() else {})},
             ))
             raise HTTPError(403, f"{daemon.node_id} refuses {data.describe()} from "
                                  f"{peer.node_id}: {reason}")

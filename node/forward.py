@@ -42,6 +42,7 @@ from models import (
     decode_infer_request,
     encode_infer_response,
 )
+from node import trace
 from node.http import HTTPError
 from node.modelhost import ModelNotFound, Served
 
@@ -278,6 +279,7 @@ class Router:
                 model_name=record.name, model_version=record.version, request=request,
                 outputs=outputs,
                 parameters={"outpost.served_by": self.daemon.node_id,
+                            "outpost.request_id": call.request_id,
                             "outpost.route": "local" if call.hops == 0 else "forwarded",
                             "outpost.reason": why},
             )
@@ -306,7 +308,7 @@ class Router:
         labels = {"outpost.data_class": data.data_class, "outpost.jurisdiction": data.jurisdiction}
         body, header_length = relabel(call.body, call.header_length, labels, call.hops + 1)
         path = f"/peer/v1/infer/{call.model}" + (f"/versions/{call.version}" if call.version else "")
-        headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id}
+        headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id, **trace.outgoing()}
         if header_length is not None:
             headers[HDR_LEN] = str(header_length)
         # The sender's decision is recorded while the request travels (not after it): durable
@@ -364,7 +366,7 @@ class Router:
                 input_sha256=hashlib.sha256(call.body).hexdigest(), reason=reason,
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "request": call.request_id[:64]},
+                        "request": call.request_id[:64], **_trace_detail()},
             ).to_bytes(), alone=alone)
         except Exception as exc:  # closed while stopping
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -394,11 +396,18 @@ class Router:
                 policy_version=policy_version, reason=reason[:1000],
                 input_sha256=hashlib.sha256(call.body).hexdigest(),
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                        "failed": len(attempts), "request": call.request_id[:64]},
+                        "failed": len(attempts), "request": call.request_id[:64],
+                        **_trace_detail()},
             ))
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); retry shortly",
                             [(b"retry-after", b"1")]) from None
+
+
+def _trace_detail() -> dict[str, str]:
+    """``{"trace": trace id}`` when the request carries a W3C trace context (node.trace)."""
+    tid = trace.trace_id()
+    return {"trace": tid} if tid else {}
 
 
 class _PeerFailed(Exception):

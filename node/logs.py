@@ -7,7 +7,8 @@ libraries the node uses. Must never log by itself or touch handlers it did not i
 JSON lines (``[log] format = "json"`` or ``outpost run --log-format json``)::
 
     {"time": "2026-12-04T05:40:00.123Z", "level": "INFO", "logger": "outpost.daemon",
-     "message": "node a ready ...", "node_id": "a", "request_id": "…"}   # request_id when set
+     "message": "node a ready ...", "node_id": "a", "request_id": "…", "trace_id": "…"}
+    # request_id while serving a request; trace_id when the app sent a W3C traceparent
 
 Third-party loggers (uvicorn, aiohttp, httpx, zeroconf, ray, ...) log at WARNING and above
 unless the node runs at DEBUG: at INFO one gossip POST is not a log line.
@@ -21,6 +22,8 @@ import json
 import logging
 import sys
 from typing import Any, TextIO
+
+from node import trace
 
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
@@ -45,6 +48,7 @@ class _Context(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.node_id = self.node_id
         record.request_id = request_id.get()
+        record.trace_id = trace.trace_id()
         return True
 
 
@@ -65,6 +69,9 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             line["request_id"] = rid
+        tid = getattr(record, "trace_id", None)
+        if tid:
+            line["trace_id"] = tid
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
