@@ -79,7 +79,15 @@ def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: 
                      if sources[f"log.{k}"] in ("env", "flag")}
         logs.setup(overrides.get("level", config.log.level),
                    overrides.get("format", config.log.format), node_id=config.node.name)
-        code = _event_loop_runner()(run_daemon(data_dir, config, log_overrides=overrides))
+        if config.otel.endpoint:
+            from node import otel
+
+            otel.setup(config.otel.endpoint, config.otel.service_name, config.node.name)
+        try:
+            code = _event_loop_runner()(run_daemon(data_dir, config, log_overrides=overrides))
+        finally:
+            if config.otel.endpoint:
+                otel.shutdown()  # flush the last spans
     except (StartupError, ConfigError, MissingExtra) as exc:
         click.echo(f"outpost: cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP_FAILURE)

@@ -9,6 +9,7 @@ extra  module               needed for
 ====== ==================== ================================================================
 ray    ``ray``              ``[ray] address`` (models on a Ray cluster), ``batch run --ray``
 batch  ``pyarrow``          ``outpost batch run`` (Parquet in and out)
+otel   ``opentelemetry``    ``[otel] endpoint``: spans over OTLP/HTTP
 ====== ==================== ================================================================
 
 Must never import the optional modules itself: ``find_spec`` answers without loading them.
@@ -23,12 +24,12 @@ from models.errors import MissingExtra
 __all__ = ["EXTRAS", "MissingExtra", "for_module", "require"]
 
 # top-level module -> the extra that installs it
-EXTRAS: dict[str, str] = {"ray": "ray", "pyarrow": "batch"}
+EXTRAS: dict[str, str] = {"ray": "ray", "pyarrow": "batch", "opentelemetry": "otel"}
 
 
 def message(module: str, needed_for: str) -> str:
-    extra = EXTRAS.get(module, module)
-    return (f"{needed_for} needs {module}, which is not installed: "
+    extra = EXTRAS.get(module.split(".")[0], module)
+    return (f"{needed_for} needs {module.split('.')[0]}, which is not installed: "
             f"pip install 'outpost[{extra}]'")
 
 

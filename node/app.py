@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node import logs, trace
+from node import logs, otel, trace
 from node.forward import Call, Router
 from node.http import (
     JSON_TYPE,
@@ -181,11 +181,13 @@ class OipApp:
         log.debug("infer %s:%s from %s", name, version or "latest", client[0] if client else "-")
         started = time.perf_counter()
         try:
-            answer = await self.router.infer(Call(
-                model=name, version=version, body=body, header_length=header_length,
-                caller=f"app@{client[0]}" if client else "app", hops=0,
-                request_id=request_id,
-            ))
+            with otel.request_span(**{"outpost.model": name, "outpost.version": version,
+                                      "outpost.request_id": request_id}):
+                answer = await self.router.infer(Call(
+                    model=name, version=version, body=body, header_length=header_length,
+                    caller=f"app@{client[0]}" if client else "app", hops=0,
+                    request_id=request_id,
+                ))
         except HTTPError as exc:
             outcome = "denied" if exc.status == 403 else "failure"
             route = {403: "denied", 503: "unavailable"}.get(exc.status)

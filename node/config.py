@@ -278,6 +278,22 @@ class LogSection:
 
 
 @dataclass(frozen=True)
+class OtelSection:
+    """OpenTelemetry spans (needs `pip install 'outpost[otel]'`)."""
+
+    endpoint: str = ""
+    """OTLP/HTTP traces endpoint, e.g. `http://collector:4318/v1/traces`. Empty: no spans
+    (and nothing of OpenTelemetry is loaded). Spans: decode, policy, run, audit, forward."""
+
+    service_name: str = "outpost"
+    """`service.name` of the spans; the node id is `service.instance.id`."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError("otel.endpoint must be an http:// or https:// URL (or empty)")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node configuration, as stored in ``outpost.toml``."""
 
@@ -290,6 +306,7 @@ class Config:
     placement: PlacementSection = field(default_factory=PlacementSection)
     ray: RayConfig = field(default_factory=RayConfig)
     log: LogSection = field(default_factory=LogSection)
+    otel: OtelSection = field(default_factory=OtelSection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -307,6 +324,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "placement": PlacementSection,
     "ray": RayConfig,
     "log": LogSection,
+    "otel": OtelSection,
 }
 
 

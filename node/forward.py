@@ -42,7 +42,7 @@ from models import (
     decode_infer_request,
     encode_infer_response,
 )
-from node import trace
+from node import otel, trace
 from node.http import HTTPError
 from node.modelhost import ModelNotFound, Served
 
@@ -246,7 +246,8 @@ class Router:
         engine = self.daemon.engine
         me = self.self_attrs
         if data is not None and engine.bundle is not None and me is not None:
-            decision = engine.decide_infer(call.caller, data, me, call.hops)
+            with otel.span("policy"):
+                decision = engine.decide_infer(call.caller, data, me, call.hops)
             if not decision.allowed:
                 await self._audit_infer(call, served, data, "denied", "; ".join(decision.reasons))
                 raise HTTPError(403, "policy does not allow this node to run "
@@ -255,7 +256,9 @@ class Router:
         record = served.record
         started = time.perf_counter()
         try:
-            request = decode_infer_request(call.body, call.header_length, record.signature)
+            with otel.span("decode"):
+                request = decode_infer_request(call.body, call.header_length,
+                                               record.signature)
             if data is None:
                 data = self.data_of(call, request.parameters)
             alone = self._in_flight == 1  # wake the worker and the writer now, not batched
@@ -274,7 +277,8 @@ class Router:
         # the entry is durable (DESIGN §3), but the fsync and the run overlap instead of adding.
         admitted = self._append_infer(call, served, data, "admitted", None, alone=alone)
         try:
-            outputs = await running
+            with otel.span("run"):  # queue wait and model run
+                outputs = await running
             body, json_len = encode_infer_response(
                 model_name=record.name, model_version=record.version, request=request,
                 outputs=outputs,
@@ -289,7 +293,8 @@ class Router:
                 await self._withheld(admitted)
             await self._audit_infer(call, served, data, "error", str(exc)[:200])
             raise HTTPError(500, str(exc)) from None
-        await self._withheld(admitted)
+        with otel.span("audit"):
+            await self._withheld(admitted)
         elapsed = time.perf_counter() - started
         previous = self._latency.get(data.model)
         self._latency[data.model] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
@@ -300,6 +305,11 @@ class Router:
 
     async def _forward(self, call: Call, data: DataAttrs, target: Candidate, decision: Decision,
                        why: str) -> Answer:
+        with otel.span("forward"):  # its id is the parent the peer's traceparent names
+            return await self._forward_one(call, data, target, decision, why)
+
+    async def _forward_one(self, call: Call, data: DataAttrs, target: Candidate,
+                           decision: Decision, why: str) -> Answer:
         cluster = self.daemon.cluster
         assert cluster is not None
         address = cluster.address_of(target.node_id)

@@ -24,6 +24,7 @@ class TraceContext:
     trace_id: str
     parent_id: str
     flags: str
+    ours: bool = False  # parent_id is a span of this node (node.otel): send it as is
 
     def header(self) -> str:
         return f"00-{self.trace_id}-{self.parent_id}-{self.flags}"
@@ -67,4 +68,6 @@ def trace_id() -> str | None:
 def outgoing() -> dict[str, str]:
     """Headers for a forwarded request: the trace with this hop as parent, if there is one."""
     context = current.get()
-    return {HEADER: context.child().header()} if context is not None else {}
+    if context is None:
+        return {}
+    return {HEADER: (context if context.ours else context.child()).header()}
