@@ -8,7 +8,6 @@ evidence from the daemon when it runs. Never changes anything.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,26 +25,26 @@ def _parse_time(text: str) -> datetime | None:
 
 
 def _store_facts(data_dir: Path) -> dict[str, Any]:
-    from node.store import Store, get_doc
+    """Read-only, straight from SQLite: never takes a write lock the daemon might want."""
+    import sqlite3
 
-    async def go() -> dict[str, Any]:
-        store = await Store.open(data_dir)
-        try:
-            # the newest entry (seq is the leaf index): no scan of the log
-            async with store.conn.execute(
-                    "SELECT seq, entry FROM audit_entry ORDER BY seq DESC LIMIT 1") as cur:
-                last = await cur.fetchone()
-            size = int(last[0]) + 1 if last else 0
-            head = bytes(last[1]) if last else None
-            policy = await get_doc(store, "policy")
-            revocation = await get_doc(store, "revocation")
-            return {"size": size, "head": head,
-                    "policy_version": policy[0] if policy else None,
-                    "revocation_version": revocation[0] if revocation else None}
-        finally:
-            await store.close()
+    from node.store import DB_FILE
 
-    return asyncio.run(go())
+    path = data_dir / DB_FILE
+    if not path.exists():
+        return {"size": 0, "head": None, "policy_version": None, "revocation_version": None}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        # the newest entry (seq is the leaf index): no scan of the log
+        last = conn.execute(
+            "SELECT seq, entry FROM audit_entry ORDER BY seq DESC LIMIT 1").fetchone()
+        docs = dict(conn.execute("SELECT kind, version FROM federation_doc").fetchall())
+    except sqlite3.Error:
+        return {"size": None, "head": None, "policy_version": None, "revocation_version": None}
+    finally:
+        conn.close()
+    return {"size": int(last[0]) + 1 if last else 0, "head": bytes(last[1]) if last else None,
+            "policy_version": docs.get("policy"), "revocation_version": docs.get("revocation")}
 
 
 def details(data_dir: Path, info: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
