@@ -49,6 +49,7 @@ EXTENSIONS = ["binary_tensor_data"]
 _HDR_LEN = b"inference-header-content-length"
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 REQUEST_ID_HEADER = b"outpost-request-id"  # the audit entry's request id, for the app
+UNKNOWN_MODEL = "_unknown"  # metrics label of requests for models no node serves
 
 
 @dataclass
@@ -191,7 +192,9 @@ class OipApp:
         except HTTPError as exc:
             outcome = "denied" if exc.status == 403 else "failure"
             route = {403: "denied", 503: "unavailable"}.get(exc.status)
-            self.metrics.finished(name, version or "latest", outcome, None, route)
+            # 404: a name no node serves comes from the app; never a label value of its own
+            label = (UNKNOWN_MODEL, "") if exc.status == 404 else (name, version or "latest")
+            self.metrics.finished(*label, outcome, None, route)
             raise
         # success is counted where the model ran (Metrics.answered); a forward here
         forwarded = answer.route == "forwarded"

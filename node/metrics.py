@@ -17,6 +17,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
             1.0, 2.5, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Cached label children of app-level outcomes: the model name comes from the request path, so
+# the cache is bounded (the label sets themselves are Prometheus's to keep).
+_MAX_CACHED = 4096
 
 
 class _QueueCollector(Collector):
@@ -107,6 +110,7 @@ class Metrics:
             ["direction", "transport"], registry=self.registry,
         )
         self._last_compute: dict[tuple[str, str], float] = {}
+        self._finished: dict[tuple[str, str, str | None, str | None], tuple[Any, ...]] = {}
         self.registry.register(_QueueCollector(queue_depths))
         # Labelled children per model version, looked up once (``labels()`` takes a lock and
         # builds a key on every call; these run per request and per batch).
@@ -120,10 +124,11 @@ class Metrics:
             children = self._answered[(name, version)] = (
                 self.requests.labels(name, version, "200"), self.latency.labels(name, version),
                 self.queue_duration.labels(name, version),
-                self.compute_duration.labels(name, version))
+                self.compute_duration.labels(name, version),
+                self.outcomes.labels(name, version, "success"))
         children[0].inc()
         children[1].observe(seconds)
-        self.outcomes.labels(name, version, "success").inc()
+        children[4].inc()
         # The batch this request rode in finished just before its answer: with one worker per
         # model (the default) the last compute time seen is exactly that batch's.
         compute = self._last_compute.get((name, version))
@@ -136,12 +141,21 @@ class Metrics:
         """One app request finished: ``outcome`` to count (None: already counted where it
         ran), ``seconds`` when it was answered, ``route`` where placement sent it (local,
         forwarded, denied, unavailable; None when it never reached placement)."""
-        if route is not None:
-            self.placements.labels(route).inc()
-        if outcome is not None:
-            self.outcomes.labels(model, version, outcome).inc()
+        key = (model, version, outcome, route)
+        children = self._finished.get(key)
+        if children is None:
+            if len(self._finished) >= _MAX_CACHED:  # app-chosen names: bound the cache
+                self._finished.clear()
+            children = self._finished[key] = (
+                self.placements.labels(route) if route is not None else None,
+                self.outcomes.labels(model, version, outcome) if outcome is not None else None,
+                self.request_duration.labels(model, version))
+        if children[0] is not None:
+            children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
         if seconds is not None:
-            self.request_duration.labels(model, version).observe(seconds)
+            children[2].observe(seconds)
 
     def gossip_io(self, direction: str, transport: str, size: int) -> None:
         self.gossip_messages.labels(direction, transport).inc()

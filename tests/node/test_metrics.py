@@ -74,7 +74,8 @@ def test_readme_metric_names_exist_after_a_request(fed: Fed, sample_digits: dict
                   outcome="success") == 1
     assert sample(text, "outpost_inference_requests_total", model="digits",
                   outcome="failure") == 1
-    assert sample(text, "outpost_inference_requests_total", model="nope",
+    assert "nope" not in text  # an app-chosen name never becomes a label value
+    assert sample(text, "outpost_inference_requests_total", model="_unknown",
                   outcome="failure") == 1
     assert sample(text, "outpost_placements_total", route="local") == 1
     assert sample(text, "outpost_inference_request_duration_seconds_count", model="digits",
