@@ -106,6 +106,9 @@ async def renew_live(daemon: Daemon, chain: bytes) -> dict[str, Any]:
                 "not_valid_after": ident.not_valid_after.isoformat()}))
     log.info("node certificate renewed: serial %x valid until %s", ident.serial,
              ident.not_valid_after.isoformat())
+    facts = expiry(ident)
+    if facts and facts["warning"]:  # renewed, yet still inside the horizon: say so now
+        log.warning("%s", facts["warning"])
     return {**ident.attributes(), "federation": ident.federation, "origin": ident.origin,
             "renewed": True, "expiry": expiry(ident)}
 

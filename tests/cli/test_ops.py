@@ -188,6 +188,8 @@ def test_explain_every_action_status_and_live_renewal(fed: Fed) -> None:
     assert cert["serial"] != before["serial"] and cert["days_left"] < 21
     assert "renew it" in cert["warning"]
     assert "warning" in outpost("status", data_dir=edge).stdout
+    eventually(lambda: any("WARNING" in line and "renew it" in line
+                           for line in fed.procs["edge-a"].log), what="expiry warning logged")
     # the peer accepts new handshakes with the renewed certificate: forward still works
     outpost("policy", "apply", str(fed.tmp / "b.json"), data_dir=fed.dirs["prem-b"],
             check=False)
