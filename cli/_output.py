@@ -99,14 +99,63 @@ def print_status(info: dict[str, Any]) -> None:
             f"{_size(caps['disk']['free'])} free   gpus {len(caps['gpus'])}   "
             f"onnxruntime {caps['onnxruntime']}"
         )
+        console.print(f"runtime: {caps.get('onnxruntime_package', 'onnxruntime')} on "
+                      f"{caps.get('machine', '?')}, providers "
+                      f"{', '.join(caps.get('providers_installed', []))}", highlight=False)
     _print_runtime(info.get("runtime"))
     _print_witness(info.get("witness"))
+    _print_operator(info)
     table = Table("model", "version", "provider", "queue", "batching", "sha256")
     for m in info.get("models", []):
         table.add_row(m["name"], m["version"], m.get("provider", "-"),
                       str(m.get("queue_depth", "-")), "dynamic" if m.get("dynamic_batching") else "off",
                       m["sha256"][:16] + "…")
     console.print(table)
+
+
+def _print_operator(info: dict[str, Any]) -> None:
+    """Federation, members, policy, audit, evidence, certificate (node.opstatus)."""
+    fed = info.get("federation")
+    if fed:
+        members = info.get("members_by_state")
+        counts = (", ".join(f"{n} {state}" for state, n in sorted(members.items()))
+                  if members else "members: daemon not running")
+        console.print(f"federation {fed['federation']}: {fed.get('tier')}, site "
+                      f"{fed.get('site')}, {fed.get('jurisdiction')}   members: {counts}",
+                      highlight=False)
+    else:
+        console.print("federation: not enrolled (`outpost join request`)")
+    version = info.get("policy_version")
+    console.print(f"policy: {f'v{version}' if version is not None else 'none in force'}"
+                  f"   revocation list: "
+                  f"{'v' + str(info['revocation_version']) if info.get('revocation_version') is not None else 'none'}",
+                  highlight=False)
+    audit = info.get("audit") or {}
+    if audit:
+        age = audit.get("head_age_s")
+        console.print(f"audit: {audit.get('size', 0)} entries, database "
+                      f"{_size(audit.get('database_bytes', 0))}, newest "
+                      f"{f'{age:.0f}s ago' if age is not None else 'never'}", highlight=False)
+    evidence = info.get("evidence") or {}
+    if evidence.get("equivocations"):
+        console.print(f"[bold red]evidence[/bold red]: {evidence['equivocations']} "
+                      "equivocation(s) (see `outpost audit tail`)")
+    clock = info.get("clock") or {}
+    if clock.get("warning"):
+        console.print(f"[bold yellow]warning[/bold yellow]: {clock['warning']}", highlight=False)
+    elif clock.get("offset_s") is not None:
+        console.print(f"clock: {clock['offset_s']:+.3f} s from peers", highlight=False)
+    cert = info.get("certificate")
+    if cert:
+        if cert.get("error"):
+            console.print(f"[bold red]certificate[/bold red]: {cert['error']}", highlight=False)
+        else:
+            console.print(f"certificate: serial {cert['serial']}, valid until "
+                          f"{cert['not_valid_after']} ({cert['days_left']:.0f} days)",
+                          highlight=False)
+            if cert.get("warning"):
+                console.print(f"[bold yellow]warning[/bold yellow]: {cert['warning']}",
+                              highlight=False)
 
 
 def print_json_line(data: Any) -> None:

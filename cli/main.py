@@ -7,7 +7,6 @@ Errors are one line on stderr and a non-zero exit code (3 when the daemon cannot
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +35,18 @@ def main() -> None:
 @data_dir_option
 @click.option("--name", help="Node id (default: the host name). Bound into the certificate.")
 @click.option("--no-sample", is_flag=True, help="Do not add the bundled sample model.")
-def init(data_dir: Path, name: str | None, no_sample: bool) -> None:
+@json_option
+def init(data_dir: Path, name: str | None, no_sample: bool, as_json: bool) -> None:
     """Create the node: data directory, Ed25519 key (0600), config, database, sample model."""
+    import dataclasses
+
     from node.ops import init_node
 
     with out.errors():
         result = init_node(data_dir, name=name, sample=not no_sample)
+    if as_json:
+        out.print_json({**dataclasses.asdict(result), "data_dir": str(data_dir)})
+        return
     for line in result.messages:
         click.echo(line)
 
@@ -50,26 +55,42 @@ def init(data_dir: Path, name: str | None, no_sample: bool) -> None:
 @data_dir_option
 @click.option("--listen", help="App endpoint HOST:PORT (config node.listen, default 127.0.0.1:8470).")
 @click.option("--peer-listen", help="Peer endpoint HOST:PORT (config node.peer_listen).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: str) -> None:
-    """Run the daemon until SIGTERM/SIGINT (then drain and exit 0)."""
-    from node import config as cfg
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log level (default: config log.level, info).")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines as text or JSON (default: config log.format, text).")
+def run(data_dir: Path, listen: str | None, peer_listen: str | None, log_level: str | None,
+        log_format: str | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (then drain and exit 0); SIGHUP reloads."""
+    from models.errors import MissingExtra
+    from node import logs
+    from node.config_sources import effective
     from node.daemon import EXIT_STARTUP_FAILURE
     from node.daemon import run as run_daemon
     from node.errors import StartupError
 
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    flags = {key: v for key, v in ((("node", "listen"), listen),
+                                   (("node", "peer_listen"), peer_listen),
+                                   (("log", "level"), log_level),
+                                   (("log", "format"), log_format)) if v}
+    logs.setup(log_level or "info", log_format or "text")
     try:
-        config = cfg.load(data_dir)
-        changes = {k: v for k, v in (("listen", listen), ("peer_listen", peer_listen)) if v}
-        if changes:
-            config = config.replace("node", **changes)
-        code = _event_loop_runner()(run_daemon(data_dir, config))
-    except (StartupError, ConfigError) as exc:
+        config, sources = effective(data_dir, flags)  # defaults < file < OUTPOST_* env < flags
+        # what env or flags set stays set across SIGHUP reloads of the file
+        overrides = {k: getattr(config.log, k) for k in ("level", "format")
+                     if sources[f"log.{k}"] in ("env", "flag")}
+        logs.setup(overrides.get("level", config.log.level),
+                   overrides.get("format", config.log.format), node_id=config.node.name)
+        if config.otel.endpoint:
+            from node import otel
+
+            otel.setup(config.otel.endpoint, config.otel.service_name, config.node.name)
+        try:
+            code = _event_loop_runner()(run_daemon(data_dir, config, log_overrides=overrides))
+        finally:
+            if config.otel.endpoint:
+                otel.shutdown()  # flush the last spans
+    except (StartupError, ConfigError, MissingExtra) as exc:
         click.echo(f"outpost: cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP_FAILURE)
     sys.exit(code)
@@ -91,9 +112,10 @@ def _event_loop_runner() -> Callable[..., int]:
 def status(data_dir: Path, as_json: bool) -> None:
     """Show the node: identity, daemon state, models and providers, capabilities, uptime."""
     from node.ops import node_status
+    from node.opstatus import details
 
     with out.errors():
-        info = node_status(data_dir)
+        info = details(data_dir, node_status(data_dir))
     if as_json:
         out.print_json(info)
     else:
@@ -374,12 +396,15 @@ def federation() -> None:
 @click.option("--dir", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the authority key and certificate (keep it offline).")
 @click.option("--name", required=True, help="Federation name.")
-def federation_init(ca_dir: Path, name: str) -> None:
+@json_option
+def federation_init(ca_dir: Path, name: str, as_json: bool) -> None:
     """Create a federation authority (Ed25519 key, self-signed root certificate)."""
     from node.ops_federation import federation_init as fed_init
 
     with out.errors():
         result = fed_init(ca_dir, name)
+    if _json_result(as_json, result):
+        return
     click.echo(f"federation {result['federation']} created in {result['dir']} "
                f"(authority key fingerprint {result['fingerprint'][:16]}…); keep the key offline")
 
@@ -403,14 +428,17 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--label", "labels", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--days", default=365, show_default=True, help="Certificate validity.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 def federation_enroll(request: Path, ca_dir: Path, tier: str, site: str, jurisdiction: str,
-                      labels: tuple[str, ...], days: int, output: Path) -> None:
+                      labels: tuple[str, ...], days: int, output: Path, as_json: bool) -> None:
     """Sign a node certificate binding its key to attested attributes."""
     from node.ops_federation import federation_enroll as enroll
 
     with out.errors():
         result = enroll(ca_dir, request, output, tier=tier, site=site, jurisdiction=jurisdiction,
                         labels=_labels(labels), validity_days=days)
+    if _json_result(as_json, result):
+        return
     click.echo(f"enrolled {result['node_id']} (serial {result['serial']}): {result['certificate']}")
 
 
@@ -418,12 +446,16 @@ def federation_enroll(request: Path, ca_dir: Path, tier: str, site: str, jurisdi
 @click.argument("node_ids", nargs=-1, required=True)
 @click.option("--ca", "ca_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def federation_revoke(node_ids: tuple[str, ...], ca_dir: Path, output: Path) -> None:
+@json_option
+def federation_revoke(node_ids: tuple[str, ...], ca_dir: Path, output: Path,
+                      as_json: bool) -> None:
     """Issue the next revocation list; put it into any node with `outpost apply FILE`."""
     from node.ops_federation import federation_revoke as revoke
 
     with out.errors():
         result = revoke(ca_dir, list(node_ids), output)
+    if _json_result(as_json, result):
+        return
     click.echo(f"revocation list v{result['version']} written to {result['file']}")
 
 
@@ -444,38 +476,88 @@ def join() -> None:
 @join.command("request")
 @data_dir_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def join_request(data_dir: Path, output: Path) -> None:
+@json_option
+def join_request(data_dir: Path, output: Path, as_json: bool) -> None:
     """Write this node's enrollment request (carry it to the authority)."""
     from node.ops_federation import join_request as request
 
     with out.errors():
         result = request(data_dir, output)
+    if _json_result(as_json, result):
+        return
     click.echo(f"enrollment request for {result['node_id']} written to {result['request']}")
+
+
+@join.command("renew")
+@data_dir_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def join_renew(data_dir: Path, output: Path, as_json: bool) -> None:
+    """Write a renewal request for this enrolled node (same key and attributes); have the
+    authority enroll it, then `outpost join CERT` applies it live, without a restart."""
+    from node.renew import renewal_request
+
+    with out.errors():
+        result = renewal_request(data_dir, output)
+    if _json_result(as_json, result):
+        return
+    expiry = result["expiry"]
+    click.echo(f"renewal request for {result['node_id']} written to {result['request']} "
+               f"(current certificate valid until {expiry['not_valid_after']}, "
+               f"{expiry['days_left']:.0f} days left)")
+    click.echo(f"at the authority: {result['enroll_command']}")
+    click.echo(f"then here: outpost join {result['node_id']}.pem")
 
 
 @join.command("install", hidden=True)
 @data_dir_option
 @click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--seed", "seeds", multiple=True, help="Peer HOST:PORT to contact; repeatable.")
-def join_install(data_dir: Path, cert: Path, seeds: tuple[str, ...]) -> None:
+@json_option
+def join_install(data_dir: Path, cert: Path, seeds: tuple[str, ...], as_json: bool) -> None:
+    from node.client import connect
     from node.ops_federation import join as do_join
+    from node.renew import RENEW_ROUTE, is_renewal
 
     with out.errors():
-        result = do_join(data_dir, cert, list(seeds))
-    click.echo(f"joined federation {result['federation']} as {result['node_id']} "
+        client = connect(data_dir) if is_renewal(data_dir) and not seeds else None
+        if client is not None:  # a renewal while the daemon runs: applied live
+            with client:
+                result = client.request("POST", RENEW_ROUTE,
+                                        {"certificate": cert.read_text()})
+        else:
+            result = do_join(data_dir, cert, list(seeds))
+    if _json_result(as_json, result):
+        return
+    verb = "renewed certificate in" if result.get("renewed") else "joined"
+    click.echo(f"{verb} federation {result['federation']} as {result['node_id']} "
                f"({result['tier']}, site {result['site']}, {result['jurisdiction']})")
 
 
 @main.command("apply")
 @data_dir_option
 @click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def apply_cmd(data_dir: Path, document: Path) -> None:
-    """Put an authority-signed document (revocation list, policy bundle) into this node."""
+@json_option
+def apply_cmd(data_dir: Path, document: Path, as_json: bool) -> None:
+    """Put an authority-signed document (revocation list, policy bundle) into this node.
+    Applying the one in force again changes nothing and exits 0."""
+    _apply(data_dir, document, as_json)
+
+
+def _apply(data_dir: Path, document: Path, as_json: bool) -> None:
     from node.ops_federation import apply
 
     with out.errors():
         result = apply(data_dir, document)
-    click.echo(f"applied {result['summary']}")
+    if _json_result(as_json, result):
+        return
+    click.echo(result["summary"] if result.get("unchanged") else f"applied {result['summary']}")
+
+
+def _json_result(as_json: bool, result: object) -> bool:
+    if as_json:
+        out.print_json(result)
+    return as_json
 
 
 @main.command()
@@ -509,60 +591,79 @@ def policy() -> None:
 @click.option("--schema", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--entities", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
 def policy_sign(cedar: Path, version: int, ca_dir: Path, schema: Path | None,
-                entities: Path | None, output: Path) -> None:
+                entities: Path | None, output: Path, as_json: bool) -> None:
     """Sign Cedar policies into a bundle (refused if the Cedar does not parse or validate)."""
     from node.ops_federation import policy_sign as sign
 
     with out.errors():
         result = sign(ca_dir, cedar, version, output, schema, entities)
+    if _json_result(as_json, result):
+        return
     click.echo(f"policy bundle v{result['version']} for {result['federation']}: {result['file']}")
 
 
 @policy.command("apply")
 @data_dir_option
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def policy_apply(data_dir: Path, bundle: Path) -> None:
-    """Put a signed policy bundle into this node (it then spreads to its peers)."""
-    from node.ops_federation import apply
-
-    with out.errors():
-        result = apply(data_dir, bundle)
-    click.echo(f"applied {result['summary']}")
+@json_option
+def policy_apply(data_dir: Path, bundle: Path, as_json: bool) -> None:
+    """Put a signed policy bundle into this node (it then spreads to its peers). Applying
+    the one in force again changes nothing and exits 0."""
+    _apply(data_dir, bundle, as_json)
 
 
 @policy.command("explain")
 @data_dir_option
-@click.option("--data-class", required=True, help="Data class of the request, e.g. personal.")
+@click.option("--action", type=click.Choice(["forward", "infer", "model.pull", "audit.replicate"]),
+              help="The decision to explain (default: forward with --to, infer with --app "
+                   "alone).")
+@click.option("--data-class", help="Data class of the request, e.g. personal (forward, infer).")
 @click.option("--jurisdiction", help="The data's jurisdiction (default: this node's).")
-@click.option("--to", "target", help="Target node id (default with --app: this node).")
-@click.option("--model", default="*", show_default=True, help="Model the request is for.")
-@click.option("--app", help="Also explain the infer decision for App::\"APP\" (its token's "
-                            "attributes) on the target.")
+@click.option("--to", "target", help="forward: the target node; infer: the executor "
+                                     "(default: this node).")
+@click.option("--from", "source", help="infer: the calling node (default: an app); "
+                                       "model.pull, audit.replicate: the node asking.")
+@click.option("--app", help="infer: the calling app, judged with its token's attributes "
+                            "(default: anonymous); with forward: also the target's infer "
+                            "re-check for that app.")
+@click.option("--model", default="*", show_default=True,
+              help="Model the request is for; model.pull: NAME:VERSION.")
 @json_option
-def policy_explain(data_dir: Path, data_class: str, jurisdiction: str | None, target: str | None,
-                   model: str, app: str | None, as_json: bool) -> None:
-    """Would this node forward such data to TARGET (and may APP have it run there)? The
-    decisions and the policies behind them."""
-    from node.ops_federation import policy_explain as explain
+def policy_explain(data_dir: Path, action: str | None, data_class: str | None,
+                   jurisdiction: str | None, target: str | None, source: str | None,
+                   app: str | None, model: str, as_json: bool) -> None:
+    """Would this node allow ACTION? The decision, the policy version it was judged with, and
+    the policies behind it. Exits 1 on deny (for scripts)."""
+    from node.explain import ask
 
     with out.errors():
-        if target is None and app is None:
-            raise out.CliError("say --to NODE (a forward), --app NAME (an app here), or both")
-        result = explain(data_dir, data_class, jurisdiction, target, model, app)
+        result = ask(data_dir, {"action": action or "", "data_class": data_class or "",
+                                "jurisdiction": jurisdiction or "", "to": target or "",
+                                "from": source or "", "app": app or "", "model": model})
     if as_json:
         out.print_json(result)
-        return
-    t = result["target"]
-    where = f"{t['node_id']} (tier {t['tier']}, site {t['site']}, {t['jurisdiction']})"
-    if target is not None:
-        click.echo(f"forward {data_class} data ({result['data']['jurisdiction']}) to {where}:")
+    else:
+        action = result["action"]
+        version = result["policy_version"]
+        t = result.get("target")
+        what = f"{action}"
+        if "data" in result:
+            what += f" of {result['data']['data_class']} data ({result['data']['jurisdiction']})"
+        if t:
+            what += f" {'to' if action in ('forward', 'infer') else 'by'} {t['node_id']} " \
+                    f"(tier {t['tier']}, site {t['site']}, {t['jurisdiction']})"
+        click.echo(f"{what}: judged with "
+                   f"{f'policy version {version}' if version is not None else 'no policy (fail closed)'}")
         click.echo(result["text"])
-    if app is not None:
-        attrs = ", ".join(f"{k}={v}" for k, v in sorted(result["app"]["attrs"].items()))
-        click.echo(f"infer {data_class} data for App::\"{app}\" ({attrs or 'no attributes'}) "
-                   f"on {where}:")
-        click.echo(result["infer"]["text"])
+        if "app" in result and "infer" in result:
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(result["app"]["attrs"].items()))
+            click.echo(f"infer for App::\"{result['app']['name']}\" "
+                       f"({attrs or 'no attributes'}):")
+            click.echo(result["infer"]["text"])
+    if not result["allowed"]:
+        sys.exit(1)
 
 
 @policy.command("show")
@@ -588,14 +689,35 @@ def policy_show(data_dir: Path, as_json: bool) -> None:
 def _register_groups() -> None:
     from cli.batch import batch
     from cli.bundle import bundle
+    from cli.ops import backup, config_group, restore, stop
     from cli.token import token
 
     main.add_command(bundle)
+    main.add_command(stop)
+    main.add_command(config_group)
+    main.add_command(backup)
+    main.add_command(restore)
     main.add_command(batch)
     main.add_command(token)
 
 
 _register_groups()
 
+
+def entry() -> None:
+    """The ``outpost`` script: :func:`main`, with a missing optional part (pip extra) as one
+    line naming the extra instead of a traceback, wherever the import happened."""
+    from models.extras import for_module
+
+    try:
+        main()
+    except ModuleNotFoundError as exc:
+        message = for_module(exc)
+        if message is None:
+            raise
+        click.echo(f"outpost: error: {message}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -55,6 +55,9 @@ _PROBE_TIMEOUT_S = 2.0
 def import_ray() -> Any:
     """``ray``, imported with auto-connect off and GCS patience on (module docstring).
     Must run before this process's first ``ray.init``."""
+    from models.extras import require
+
+    require("ray", "running models on Ray ([ray] address, batch --ray)")
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(_GCS_PATIENCE_S))
     import ray

@@ -16,7 +16,9 @@ given is not a model we can serve"::
     │                       caller's budget allows -> HTTP 413
     ├── Overloaded          the model's queue is full -> HTTP 503 with Retry-After
     ├── ModelUnavailable    the model version is closed or being unloaded -> HTTP 503
-    └── InferenceFailed     onnxruntime raised while running a (valid) request -> HTTP 500
+    ├── InferenceFailed     onnxruntime raised while running a (valid) request -> HTTP 500
+    └── MissingExtra        an optional part (pip extra: ray, batch) is not installed; the
+                            message names the extra (``models.extras``)
 
 Third-party errors (onnxruntime, json, numpy) are translated at this package's boundary
 with ``raise ... from exc``, so the daemon only ever catches ``ModelError``. Every message
@@ -91,3 +93,8 @@ class InferenceFailed(ModelError):
     The message names the model; the onnxruntime error is chained as ``__cause__``. The
     model stays loaded and keeps serving other requests.
     """
+
+
+class MissingExtra(ModelError):
+    """An optional dependency (a pip extra of outpost) is not installed. The message names
+    the ``pip install 'outpost[EXTRA]'`` that fixes it."""

@@ -198,6 +198,10 @@ def create_backend(
     """The backend the config asks for: ``RayBackend`` when ``ray.address`` is set, else
     ``OrtBackend`` (and then Ray is never imported)."""
     if ray is not None and ray.enabled:
+        from models.extras import require
+
+        # At startup, not at the first connection attempt on a background thread.
+        require("ray", f"[ray] address = {ray.address!r}")
         return RayBackend(runtime, ray, observer)
     return OrtBackend(runtime, observer)
 

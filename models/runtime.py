@@ -299,7 +299,8 @@ class OrtBackend:
                 )
             else:  # CUDA does not work in this process: stop trying (and printing)
                 self._cuda = f"failed: {reason}"
-                log.warning(
+                # INFO: expected on a machine without a GPU (onnxruntime-gpu on x86_64).
+                log.info(
                     "CUDA execution provider did not load (%s); %s:%s and later models run on %s",
                     reason,
                     name,
@@ -309,8 +310,8 @@ class OrtBackend:
         else:
             if plan[0] == CUDA:
                 self._cuda = "loaded"
-            log.info(
-                "loaded model %s:%s on %s%s",
+            log.debug(  # node.modelhost logs the one INFO "loaded" line
+                "session for %s:%s on %s%s",
                 name,
                 version,
                 provider,
@@ -528,8 +529,16 @@ class _Captured:
         if not picked:  # unknown shape: keep the first line, minus its log prefix
             picked = [lines[0].rsplit("] ", 1)[-1]]
         parts = [_PATH.sub(r"\1", part) for part in picked]
-        text = "; ".join(p if len(p) <= 200 else p[:197] + "..." for p in parts)
+        text = "; ".join(_shorten(p, 400) for p in parts)
         return f"{prefix}{text}{suffix}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """At most about ``limit`` characters, cut at a space: never mid-word or mid-URL."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return (text[:cut] if cut > 0 else text) + " ..."
 
 
 @contextlib.contextmanager

@@ -25,10 +25,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node import logs, otel, trace
 from node.appsock import UID_KEY
 from node.forward import Call, Router
 from node.http import (
@@ -60,6 +62,8 @@ _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _OUTCOMES = {200: "ok", 400: "bad_request", 401: "unauthenticated", 403: "denied",
              404: "not_found", 413: "bad_request", 415: "bad_request", 429: "throttled",
              499: "cancelled", 503: "unavailable"}
+REQUEST_ID_HEADER = b"outpost-request-id"  # the audit entry's request id, for the app
+UNKNOWN_MODEL = "_unknown"  # metrics label of requests for models no node serves
 
 
 @dataclass
@@ -99,6 +103,9 @@ class OipApp:
             await self._route(scope, receive, send)
         except HTTPError as exc:
             self.metrics.http_errors.labels(str(exc.status)).inc()
+            rid = logs.request_id.get()
+            if rid is not None:
+                exc.headers = [*exc.headers, (REQUEST_ID_HEADER, rid.encode())]
             await send_error(send, exc)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
@@ -221,9 +228,15 @@ class OipApp:
         self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None,
         app: AppIdentity,
     ) -> None:
+        request_id = _next_request_id()
+        # Every log line from here on carries it (node.logs); the app gets it back in a header
+        # to find its audit entry (errors too: OipApp.__call__).
+        logs.request_id.set(request_id)
+        trace.accept(header(scope, b"traceparent"))  # W3C trace context, carried on forwards
         call = Call(model=name, version=version, body=b"", header_length=None,
-                    caller=f"app:{app.name}", hops=0, request_id=_next_request_id(), app=app,
+                    caller=f"app:{app.name}", hops=0, request_id=request_id, app=app,
                     source=_source(scope, (scope.get("extensions") or {}).get(UID_KEY)))
+        started = time.perf_counter()
         try:
             if not self.state.ready:
                 raise HTTPError(503, "node is not ready (starting or draining); retry shortly",
@@ -235,15 +248,28 @@ class OipApp:
                     call.header_length = int(raw_len)
                 except ValueError:
                     raise HTTPError(400, "Inference-Header-Content-Length is not an integer") from None
-            answer = await self.router.infer(call)
+            with otel.request_span(**{"outpost.model": name, "outpost.version": version,
+                                      "outpost.request_id": request_id}):
+                answer = await self.router.infer(call)
         except HTTPError as exc:
             # Every refusal is on the trail like a served request (rate-limited per caller).
             await self.router.refused(call, exc)
+            outcome = "denied" if exc.status == 403 else "failure"
+            route = {403: "denied", 503: "unavailable"}.get(exc.status)
+            # 404: a name no node serves comes from the app; never a label value of its own
+            label = (UNKNOWN_MODEL, "") if exc.status == 404 else (name, version or "latest")
+            self.metrics.finished(*label, outcome, None, route)
             raise
+        # success is counted where the model ran (Metrics.answered); a forward here
+        forwarded = answer.route == "forwarded"
+        self.metrics.finished(name, answer.version or version or "latest",
+                              "forwarded" if forwarded else None,
+                              time.perf_counter() - started, answer.route)
+        rid_header = (REQUEST_ID_HEADER, request_id.encode())
         if answer.header_length is None:
-            headers = [JSON_TYPE]
+            headers = [JSON_TYPE, rid_header]
         else:
-            headers = [_BINARY_TYPE, (_HDR_LEN, str(answer.header_length).encode())]
+            headers = [_BINARY_TYPE, (_HDR_LEN, str(answer.header_length).encode()), rid_header]
         await send_response(send, 200, answer.body, headers)
 
 

@@ -154,6 +154,9 @@ def run_batch(
     ``ray_address``: None = the node config's ``[ray] address``; "" or "off" = in-process.
     Returns a summary (rows, chunks, engine, seconds, ...).
     """
+    from models.extras import require
+
+    require("pyarrow", "outpost batch run (it writes a Parquet dataset)")
     settings = settings or BatchSettings()
     config = _node_config(data_dir)
     ray_config = node_ray_config(data_dir)

@@ -103,6 +103,8 @@ class ClusterDeps:
     on_equivocation: Callable[[EquivocationEvidence], Any]
     checkpoint_source: Callable[[], Any]  # async () -> (size, note, proofs)
     count_drop: Callable[[str], None]
+    count_io: Callable[[str, str, int], None] | None = None
+    """(direction "in"|"out", transport "udp"|"tcp", bytes) per gossip message: metrics."""
     advert_interval_s: float = 10.0
     checkpoint_interval_s: float = 5.0
 
@@ -364,10 +366,14 @@ class Cluster(asyncio.DatagramProtocol):
         sealed = envelope.seal(self.deps.key, self.deps.node_id, self.boot, self.seq, payload)
         try:
             self._udp.sendto(sealed, _split(to))
+            if self.deps.count_io is not None:
+                self.deps.count_io("out", "udp", len(sealed))
         except (OSError, ValueError) as exc:
             log.debug("datagram to %s failed: %s", to, exc)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.deps.count_io is not None:
+            self.deps.count_io("in", "udp", len(data))
         if len(data) > MAX_DATAGRAM_PAYLOAD + 512:
             self.deps.count_drop("oversized")
             return
@@ -427,6 +433,8 @@ class Cluster(asyncio.DatagramProtocol):
         if len(self._inflight) >= MAX_INFLIGHT:
             self.deps.count_drop("inflight_full")
             return
+        if self.deps.count_io is not None:
+            self.deps.count_io("out", "tcp", len(payload))
         task = asyncio.create_task(self._post(to, payload))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -452,6 +460,8 @@ class Cluster(asyncio.DatagramProtocol):
 
     def receive_reliable(self, body: bytes, peer: NodeIdentity) -> str | None:
         """A POSTed message from an authenticated peer; returns an error text or None."""
+        if self.deps.count_io is not None:
+            self.deps.count_io("in", "tcp", len(body))
         if self.is_revoked(peer):
             # A connection opened before the revocation arrived outlives it (keep-alive).
             self.deps.count_drop("revoked")

@@ -86,6 +86,11 @@ class NodeSection:
     """On SIGTERM/SIGINT: how long in-flight requests may take to finish before they are
     cancelled. Longer is kinder to clients, shorter restarts faster."""
 
+    metrics_listen: str = ""
+    """Optional HOST:PORT serving only `GET /metrics`, so Prometheus can scrape without
+    reaching the app endpoint (e.g. 0.0.0.0:9470 while `listen` stays on loopback). Empty:
+    /metrics is on the app endpoint only."""
+
     default_data_class: str = "restricted"
     """Data class given to requests that carry no `outpost.data_class` parameter. The shipped
     default, `restricted`, is a class the example policies never let leave the node."""
@@ -111,6 +116,8 @@ class NodeSection:
             validate_node_id(self.name)
         parse_hostport(self.listen, key="node.listen")
         parse_hostport(self.peer_listen, key="node.peer_listen")
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, key="node.metrics_listen")
         if not 1024 <= self.max_body_bytes <= 4 * 1024**3:
             raise ConfigError("node.max_body_bytes must be between 1024 and 4 GiB")
         if not 0 <= self.drain_timeout_s <= 600:
@@ -312,6 +319,41 @@ class PlacementSection:
 
 
 @dataclass(frozen=True)
+class LogSection:
+    """The daemon's log on stderr (the journal under systemd)."""
+
+    level: str = "info"
+    """debug, info, warning or error. Changes live on SIGHUP (`systemctl reload outpost`).
+    Libraries (uvicorn, aiohttp, httpx, zeroconf, ray) log only warnings unless this is debug."""
+
+    format: str = "text"
+    """`text` for people, `json` for log shippers: one object per line with time, level,
+    logger, message, node_id and request_id (when the line belongs to a request)."""
+
+    def __post_init__(self) -> None:
+        if self.level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log.level must be one of debug, info, warning, error")
+        if self.format not in ("text", "json"):
+            raise ConfigError('log.format must be "text" or "json"')
+
+
+@dataclass(frozen=True)
+class OtelSection:
+    """OpenTelemetry spans (needs `pip install 'outpost[otel]'`)."""
+
+    endpoint: str = ""
+    """OTLP/HTTP traces endpoint, e.g. `http://collector:4318/v1/traces`. Empty: no spans
+    (and nothing of OpenTelemetry is loaded). Spans: decode, policy, run, audit, forward."""
+
+    service_name: str = "outpost"
+    """`service.name` of the spans; the node id is `service.instance.id`."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError("otel.endpoint must be an http:// or https:// URL (or empty)")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole node configuration, as stored in ``outpost.toml``."""
 
@@ -323,6 +365,8 @@ class Config:
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
     placement: PlacementSection = field(default_factory=PlacementSection)
     ray: RayConfig = field(default_factory=RayConfig)
+    log: LogSection = field(default_factory=LogSection)
+    otel: OtelSection = field(default_factory=OtelSection)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with fields of one section changed (validated again)."""
@@ -339,6 +383,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "discovery": DiscoverySection,
     "placement": PlacementSection,
     "ray": RayConfig,
+    "log": LogSection,
+    "otel": OtelSection,
 }
 
 

@@ -53,10 +53,10 @@ from node.config import Config
 from node.documents import Documents, PolicyState
 from node.enrollment import AUTHORITY_CERT, NODE_CERT, EnrollmentError, load_identity, revocations
 from node.errors import StartupError
+from node.explain import ExplainNode, explain
 from node.federate import (
     FederationDeps,
     build_cluster,
-    explain,
     peer_routes,
     start_cluster,
     start_mdns,
@@ -124,14 +124,29 @@ class Daemon:
     router: Router
     peer_clients: PeerClients | None  # every outbound peer connection; None when not enrolled
     trail: Trail  # tiles, witness state, cosignatures
+    #: What only an enrolled node has; mutable because a renewed certificate replaces the
+    #: identity live (node.renew). None on a lone node.
+    enrollment: Enrollment | None
     auth: AppAuth  # app tokens and socket uids (node.apps)
     admin: AdminApp
-    servers: tuple[Server, ...]
+    servers: list[Server]  # every listener, stopped at shutdown (obs adds metrics_listen)
     #: Components stopped first, in this order (mDNS, the cluster), each within a bound.
     stoppers: tuple[Stopper, ...]
     listen: str
     peer_listen: str  # "" when not enrolled
     status: Callable[[], Awaitable[dict[str, Any]]]
+
+    @property
+    def identity(self) -> NodeIdentity | None:
+        return self.enrollment.identity if self.enrollment else None
+
+    @property
+    def credentials(self) -> PeerCredentials | None:
+        return self.enrollment.credentials if self.enrollment else None
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self.enrollment.cluster if self.enrollment else None
 
     @property
     def policy_version(self) -> int | None:
@@ -441,9 +456,16 @@ async def start(data_dir: Path, config: Config) -> Daemon:
         data_dir=data_dir, config=config, node_id=node_id, lock=lock,
         started_at=status.started_at, store=store, audit=audit, host=host, metrics=metrics,
         app_state=app_state, tasks=tasks, policy=policy, documents=documents, peers=peers,
-        router=router, peer_clients=enrolled.deps.peers if enrolled else None, trail=trail, auth=auth, admin=admin, servers=tuple(servers), stoppers=tuple(stoppers),
+        router=router, peer_clients=enrolled.deps.peers if enrolled else None, trail=trail, auth=auth,
+        enrollment=Enrollment(ident, enrolled.deps.credentials, enrolled.cluster)
+        if enrolled and ident else None, admin=admin, servers=servers, stoppers=tuple(stoppers),
         listen=listen, peer_listen=peer_listen, status=status,
     )
+    from node import renew  # certificate renewal applied live
+    from node.obs import instrument  # gauges, audit timing, metrics_listen
+
+    admin.route("POST", renew.RENEW_ROUTE, renew.admin_route(daemon))
+    await instrument(daemon)
     control.write_runtime(data_dir, control.RuntimeInfo(
         pid=os.getpid(), listen=listen, admin_socket=str(data_dir / control.ADMIN_SOCKET),
         node_id=node_id, peer_listen=peer_listen,
@@ -458,6 +480,15 @@ async def start(data_dir: Path, config: Config) -> Daemon:
     log.info("node %s ready: app endpoint http://%s, admin %s", node_id, listen,
              data_dir / control.ADMIN_SOCKET)
     return daemon
+
+
+@dataclass
+class Enrollment:
+    """An enrolled node's identity, TLS credentials and cluster (``Daemon.enrollment``)."""
+
+    identity: NodeIdentity
+    credentials: PeerCredentials
+    cluster: Cluster
 
 
 @dataclass(frozen=True)
@@ -478,10 +509,10 @@ def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
     async def peers_route(_payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
         return 200, trail.annotate_peers(peers.peers())
 
+    explainer = ExplainNode(ident, peers, node.policy, auth)
+
     async def explain_route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
-        return 200, explain(ident, peers, node.policy, payload["data_class"],
-                            payload.get("jurisdiction"), payload.get("to", ""),
-                            payload.get("model", "*"), payload.get("app"), auth)
+        return 200, explain(explainer, payload)
 
     admin.route("GET", "/peers", peers_route)
     admin.route("POST", sync.IMPORT_ROUTE, sync.admin_route(node))
@@ -493,8 +524,12 @@ def _admin_app(node: _AdminNode, status: _Status, ident: NodeIdentity | None,
     return admin
 
 
-async def run(data_dir: Path, config: Config) -> int:
-    """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the process exit code."""
+async def run(data_dir: Path, config: Config, *,
+              log_overrides: dict[str, str] | None = None) -> int:
+    """Start, serve until SIGTERM/SIGINT, drain, stop. Returns the process exit code.
+    ``node.service`` adds systemd notices, the watchdog and SIGHUP reload around it."""
+    from node.service import Service
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen: list[int] = []
@@ -516,7 +551,10 @@ async def run(data_dir: Path, config: Config) -> int:
         daemon = await start(data_dir, config)
         daemon_ref.append(daemon)
         print(f"outpost: node {daemon.node_id} ready on http://{daemon.listen}", flush=True)
+        service = Service(daemon, log_overrides=log_overrides)
+        service.started()
         await stop.wait()
+        service.stopping()
         await daemon.stop()
         log.info("node %s stopped", daemon.node_id)
         return 0

@@ -546,8 +546,9 @@ class Discovery:
         except BaseException:
             await self.stop()
             raise
-        log.info("mDNS: advertising %s on %s (%s)", self._advert.service_name, where,
-                 ", ".join(addresses))
+        port = self._advert.peer_port
+        log.info("mDNS: advertising %s as %s (multicast on %s)", self._advert.service_name,
+                 ", ".join(f"{a}:{port}" for a in addresses), where)
 
     async def stop(self) -> None:
         """Send goodbye for our service, stop browsing and release the sockets. Idempotent."""

@@ -33,6 +33,8 @@ async def apply_signed(store: Store, data_dir: Path, audit: AuditSink, body: byt
     """Verify ``body``, refuse rollback, store it and record it; raise (changing nothing)
     ``FederationError`` or ``EnrollmentError`` naming the fix when it is refused."""
     applied = await apply_document(store, data_dir, body)
+    if applied.unchanged:  # the same document again: a no-op, said so, nothing recorded
+        return applied
     await audit.append(audit.record(f"{applied.kind}.apply", **applied.audit_fields()))
     return applied
 
@@ -110,6 +112,8 @@ class Documents:
     async def apply(self, body: bytes) -> dict[str, Any]:
         """``POST /apply`` and bundle import: verify, store, record, put in force, spread."""
         applied = await apply_signed(self._store, self._data_dir, self._audit, body)
+        if applied.unchanged:
+            return applied.to_json()
         if applied.kind == "revocation":
             held = await revocations(self._store, self._data_dir)
             if held is not None:

@@ -58,8 +58,9 @@ def load_identity(data_dir: Path) -> NodeIdentity | None:
         )
     except (FederationError, FileNotFoundError) as exc:
         raise EnrollmentError(
-            f"the node certificate in {data_dir} does not verify ({exc}); re-enroll with "
-            "`outpost join request` and `outpost join CERT`"
+            f"the node certificate in {data_dir} does not verify ({exc}); if its dates are "
+            f"right, this machine's clock is not (it says {now():%Y-%m-%d %H:%M} UTC): fix "
+            "the clock; otherwise re-enroll with `outpost join request` and `outpost join CERT`"
         ) from exc
 
 
@@ -108,6 +109,8 @@ class Applied:
     kind: str
     version: int
     summary: str
+    unchanged: bool = False
+    """The very document was already in force: nothing stored, audited or spread."""
 
     def audit_fields(self) -> dict[str, object]:
         """The audit entry recording this change (kind ``policy.apply``/``revocation.apply``)."""
@@ -119,7 +122,8 @@ class Applied:
         return fields
 
     def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "version": self.version, "summary": self.summary}
+        return {"kind": self.kind, "version": self.version, "summary": self.summary,
+                "unchanged": self.unchanged}
 
 
 def policy_bundle(body: bytes, data_dir: Path) -> Any:
@@ -153,6 +157,11 @@ async def apply_document(store: Store, data_dir: Path, body: bytes) -> Applied:
         )
     if _PEM_CRL in body:
         new = identity.read_revocation_list(body, ca)
+        same = await get_doc(store, "revocation")
+        if same is not None and same == (new.version, body):  # applying twice: a no-op
+            return Applied("revocation", new.version,
+                           f"revocation list v{new.version} is already in force; nothing "
+                           "changed", unchanged=True)
         held = await revocations(store, data_dir)
         if held is not None:
             held.accepts_update(new)
@@ -165,6 +174,9 @@ async def apply_document(store: Store, data_dir: Path, body: bytes) -> Applied:
     bundle = read_bundle(body, authority.public_key(),  # type: ignore[arg-type]
                          federation=identity._common_name(authority.subject))
     held_doc = await get_doc(store, "policy")
+    if held_doc is not None and held_doc == (bundle.version, body):  # applying twice: a no-op
+        return Applied("policy", bundle.version, f"policy bundle v{bundle.version} is already "
+                       "in force; nothing changed", unchanged=True)
     if held_doc is not None and bundle.version <= held_doc[0]:
         raise RollbackRefused(
             f"bundle version {bundle.version} is not newer than the version {held_doc[0]} in "

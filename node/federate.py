@@ -22,6 +22,7 @@ from federation.canonical import b64encode
 from federation.config import ClusterConfig
 from federation.identity import NodeIdentity
 from federation.policy_engine import ANONYMOUS, AppAttrs, DataAttrs, NodeAttrs
+from node import logs, trace
 from node.cluster import REVOKED, Cluster, ClusterDeps, held_documents
 from node.config import Config
 from node.forward import Call, Router, peek_parameters
@@ -317,7 +318,9 @@ def peer_routes(app: PeerApp, deps: FederationDeps, cluster: Cluster, router: Ro
 
     async def hello(scope: Scope, receive: Receive, send: Send, peer: NodeIdentity,
                     rest: str) -> None:
-        await send_json(send, 200, {"node_id": deps.node_id, "you": peer.node_id})
+        # "time": peers estimate their clock offset from it (node.clock)
+        await send_json(send, 200, {"node_id": deps.node_id, "you": peer.node_id,
+                                    "time": time.time()})
 
     app.route("GET", "/peer/v1/audit", audit_view)
     app.route("GET", "/peer/v1/hello", hello)
@@ -331,6 +334,8 @@ async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, rece
     # Headers first (strictly: a peer must not feed 10**30 hops to the policy engine).
     call.hops = parse_hops(header(scope, HEADER_HOPS.encode()))
     call.request_id = parse_request_id(header(scope, HEADER_REQUEST_ID.encode()))
+    logs.request_id.set(call.request_id)  # the sender's request id and trace, here too
+    trace.accept(header(scope, b"traceparent"))
     label = header(scope, HEADER_APP.encode())
     try:
         # The app as the sending node attests it (mutual TLS says who the sender is).
@@ -361,7 +366,8 @@ async def _take_forward(deps: FederationDeps, router: Router, scope: Scope, rece
             data_class=data.data_class, outcome="denied", reason=reason[:1000],
             policy_version=decision.policy_version, input_sha256=call.sha256(),
             detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
-                    "request": call.request_id, **call.audit_detail()},
+                    "request": call.request_id, **call.audit_detail(),
+                    **({"trace": trace.trace_id()} if trace.trace_id() else {})},
         ))
         peer = call.caller.node_id if isinstance(call.caller, NodeAttrs) else call.caller
         raise HTTPError(403, f"{deps.node_id} refuses {data.describe()} from "

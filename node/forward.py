@@ -46,7 +46,7 @@ from models import (
     decode_infer_request,
     encode_infer_response,
 )
-from node import limits
+from node import limits, otel, trace
 from node.http import HTTPError, close_pool, load_json_object, off_loop
 from node.limits import (
     HEADER_APP,
@@ -163,6 +163,8 @@ def decoded_budget(body_bytes: int) -> int:
 class Answer:
     body: bytes
     header_length: int | None
+    route: str = "local"  # or "forwarded": metrics count outcomes by it
+    version: str | None = None  # the model version that served it, when it ran here
 
 
 def peek_parameters(body: bytes, header_length: int | None) -> dict[str, Any]:
@@ -333,7 +335,8 @@ class Router:
         engine = self.deps.policy.engine
         me = self.deps.me
         if data is not None and engine.bundle is not None and me is not None:
-            decision = engine.decide_infer(call.principal, data, me, call.hops, call.via)
+            with otel.span("policy"):
+                decision = engine.decide_infer(call.principal, data, me, call.hops, call.via)
             if not decision.allowed:
                 await self._audit_infer(call, served, data, "denied", "; ".join(decision.reasons))
                 raise HTTPError(403, "policy does not allow this node to run "
@@ -345,13 +348,14 @@ class Router:
             # Large bodies are decoded on a worker thread; the decoded tensors may take at
             # most a multiple of the body (a BYTES flood once took 80x: issue 10 row 8).
             budget = decoded_budget(len(call.body))
-            if len(call.body) <= limits.OFFLOAD_DECODE_BYTES:  # the common case: no hop at all
-                request = decode_infer_request(call.body, call.header_length, record.signature,
-                                               max_decoded_bytes=budget)
-            else:
-                request = await off_loop(len(call.body), functools.partial(
-                    decode_infer_request, call.body, call.header_length, record.signature,
-                    max_decoded_bytes=budget), json_bytes=call.json_bytes)
+            with otel.span("decode"):
+                if len(call.body) <= limits.OFFLOAD_DECODE_BYTES:  # common case: no hop at all
+                    request = decode_infer_request(call.body, call.header_length,
+                                                   record.signature, max_decoded_bytes=budget)
+                else:
+                    request = await off_loop(len(call.body), functools.partial(
+                        decode_infer_request, call.body, call.header_length, record.signature,
+                        max_decoded_bytes=budget), json_bytes=call.json_bytes)
             if data is None:
                 data = self.data_of(call, request.parameters)
             alone = self._in_flight == 1  # wake the worker and the writer now, not batched
@@ -378,11 +382,13 @@ class Router:
         # the entry is durable (DESIGN §3), but the fsync and the run overlap instead of adding.
         admitted = self._append_infer(call, served, data, "admitted", None, alone=alone)
         try:
-            outputs = await running
+            with otel.span("run"):  # queue wait and model run
+                outputs = await running
             body, json_len = encode_infer_response(
                 model_name=record.name, model_version=record.version, request=request,
                 outputs=outputs,
                 parameters={"outpost.served_by": self.deps.node_id,
+                            "outpost.request_id": call.request_id,
                             "outpost.route": "local" if call.hops == 0 else "forwarded",
                             "outpost.reason": why},
             )
@@ -392,17 +398,23 @@ class Router:
                 await self._withheld(admitted)
             await self._audit_infer(call, served, data, "error", str(exc)[:200])
             raise HTTPError(500, str(exc)).recorded() from None
-        await self._withheld(admitted)
+        with otel.span("audit"):
+            await self._withheld(admitted)
         elapsed = time.perf_counter() - started
         previous = self._latency.get(data.model)
         self._latency[data.model] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
         self.deps.metrics.answered(record.name, record.version, elapsed)
-        return Answer(body, json_len)
+        return Answer(body, json_len, "local", record.version)
 
     # -- forwarding ----------------------------------------------------------------------------
 
     async def _forward(self, call: Call, data: DataAttrs, target: Candidate, decision: Decision,
                        why: str) -> Answer:
+        with otel.span("forward"):  # its id is the parent the peer's traceparent names
+            return await self._forward_one(call, data, target, decision, why)
+
+    async def _forward_one(self, call: Call, data: DataAttrs, target: Candidate,
+                           decision: Decision, why: str) -> Answer:
         address = self.deps.peers.address_of(target.node_id)
         if address is None:
             raise _PeerFailed("no address")
@@ -411,7 +423,7 @@ class Router:
                                              call.header_length, labels, call.hops + 1,
                                              json_bytes=call.json_bytes)
         path = f"/peer/v1/infer/{call.model}" + (f"/versions/{call.version}" if call.version else "")
-        headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id}
+        headers = {HOPS: str(call.hops + 1), REQUEST_ID: call.request_id, **trace.outgoing()}
         if call.app is not None:
             headers[APP] = call.app.label()  # attested by this node's TLS identity
         if header_length is not None:
@@ -485,7 +497,7 @@ class Router:
                 policy_version=engine.bundle.version if engine.bundle else None,
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "request": call.request_id[:MAX_REQUEST_ID_CHARS],
-                        **call.audit_detail()},
+                        **call.audit_detail(), **_trace_detail()},
             ).to_bytes(), alone=alone)
         except Exception as exc:  # closed while stopping
             failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -517,7 +529,7 @@ class Router:
                 detail={"jurisdiction": data.jurisdiction, "hops": call.hops,
                         "failed": len(attempts),
                         "request": call.request_id[:MAX_REQUEST_ID_CHARS],
-                        **call.audit_detail()},
+                        **call.audit_detail(), **_trace_detail()},
             ))
         except Exception as exc:
             raise HTTPError(503, f"audit log unavailable ({exc}); retry shortly",
@@ -527,6 +539,10 @@ class Router:
 # The outcome an endpoint refusal is recorded with, by HTTP status.
 _OUTCOMES = {400: "bad_request", 403: "denied", 404: "not_found", 405: "bad_request",
              408: "bad_request", 413: "too_large", 415: "bad_request", 503: "unavailable"}
+def _trace_detail() -> dict[str, str]:
+    """``{"trace": trace id}`` when the request carries a W3C trace context (node.trace)."""
+    tid = trace.trace_id()
+    return {"trace": tid} if tid else {}
 
 
 class _PeerFailed(Exception):
@@ -543,4 +559,5 @@ def _annotated_answer(body: bytes, header_length: int | None, why: str) -> Answe
     params["outpost.reason"] = why
     doc["parameters"] = params
     new_head = json.dumps(doc, separators=(",", ":")).encode()
-    return Answer(new_head + tail, len(new_head) if header_length is not None else None)
+    return Answer(new_head + tail, len(new_head) if header_length is not None else None,
+                  "forwarded", doc.get("model_version"))

@@ -68,6 +68,7 @@ class PeerCredentials:
         self.revocations = revocations
         self._server = self._build_server()
         self._subscribers: list[Callable[[RevocationList], None]] = []
+        self._cert_subscribers: list[Callable[[bytes], None]] = []
 
     def crl_pem(self) -> bytes | None:
         return self.revocations.pem if self.revocations else None
@@ -79,8 +80,11 @@ class PeerCredentials:
         """The server context for the next handshake (the revocation list in force now)."""
         return self._server
 
-    def subscribe(self, on_revocations: Callable[[RevocationList], None]) -> None:
+    def subscribe(self, on_revocations: Callable[[RevocationList], None],
+                  on_certificate: Callable[[bytes], None] | None = None) -> None:
         self._subscribers.append(on_revocations)
+        if on_certificate is not None:
+            self._cert_subscribers.append(on_certificate)
 
     def update_revocations(self, revocations: RevocationList) -> None:
         """Take a newer revocation list into effect for new handshakes, both directions."""
@@ -88,6 +92,14 @@ class PeerCredentials:
         self._server = self._build_server()
         for on_revocations in self._subscribers:
             on_revocations(revocations)
+
+    def reload_certificate(self, cert_pem: bytes) -> None:
+        """A renewed certificate of the same key (``node.renew``): new handshakes, both
+        directions, present it; the listening socket stays (its SNI callback picks it up)."""
+        self.cert_pem = cert_pem
+        self._server = self._build_server()
+        for on_certificate in self._cert_subscribers:
+            on_certificate(cert_pem)
 
     def identify(self, sslobj: ssl.SSLObject) -> NodeIdentity:
         return peer_identity(sslobj, self.authority_pem, datetime.now(UTC),

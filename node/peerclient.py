@@ -174,7 +174,7 @@ class PeerClients:
         revocation updates."""
         clients = cls(credentials.cert_pem, credentials.key_pem, credentials.authority_pem,
                       credentials.revocations, audit_sink)
-        credentials.subscribe(clients.update_revocations)
+        credentials.subscribe(clients.update_revocations, clients.reload_certificate)
         return clients
 
     # -- trust ---------------------------------------------------------------------------------
@@ -182,6 +182,19 @@ class PeerClients:
     def _build_context(self) -> ssl.SSLContext:
         crl = self.revocations.pem if self.revocations else None
         return client_context(self._cert_pem, self._key_pem, self._authority_pem, crl)
+
+    def reload_certificate(self, cert_pem: bytes) -> None:
+        """A renewed certificate of the same key: new connections present it."""
+        self._cert_pem = cert_pem
+        if self.revocations is not None:
+            self.update_revocations(self.revocations)
+        else:
+            self._context = self._build_context()
+            old, self._sessions = self._sessions, {}
+            for session in old.values():
+                task = asyncio.get_running_loop().create_task(self._retire(session))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def update_revocations(self, revocations: RevocationList) -> None:
         """New handshakes check ``revocations``; pooled connections are dropped (in-flight

@@ -9,6 +9,7 @@ no GPU), so it is reported separately as ``providers_installed``.
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -61,4 +62,19 @@ def probe(data_dir: Path) -> dict[str, Any]:
         "gpus": probe_gpus(),
         "providers_installed": list(onnxruntime.get_available_providers()),
         "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_package": _ort_package(),
+        "machine": f"{platform.system()} {platform.machine()}",
     }
+
+
+def _ort_package() -> str:
+    """Which onnxruntime build is installed: the CUDA one (``onnxruntime-gpu``, Linux x86_64)
+    or the CPU one (``onnxruntime``, aarch64 and elsewhere); pyproject picks by platform."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return "unknown"

@@ -109,6 +109,10 @@ async def test_auto_reports_cpu_quietly_here(
             assert backend.describe()["cuda"].startswith("failed")
             warnings = [r for r in caplog.records if "did not load" in r.getMessage()]
             assert len(warnings) == 1
+            # expected on a GPU-less machine: one complete INFO line, never cut mid-URL
+            assert warnings[0].levelno == logging.INFO and "\n" not in warnings[0].getMessage()
+            urls = [w for w in warnings[0].getMessage().split() if "://" in w]
+            assert all(u.rstrip("),;").endswith("requirements") for u in urls), urls
             # Later loads go straight to CPU: no second attempt, no second warning.
             again = await backend.load("digits", "2", digits_path, digits_signature)
             assert again.provider == "CPUExecutionProvider"

@@ -139,8 +139,10 @@ def test_receiver_refuses_a_forged_forward_and_audits_match(sites: Fed) -> None:
               and e.get("caller") == "app:anonymous via node:edge"][-1]
     assert served["detail"]["request"] == sent["detail"]["request"]
     assert served["outcome"] == "admitted" and served["data_class"] == "personal"
-    explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--to",
-                                   "cloud", "--json", data_dir=fed.dirs["edge"]).stdout)
+    denied = outpost("policy", "explain", "--data-class", "personal", "--to", "cloud",
+                     "--json", data_dir=fed.dirs["edge"], check=False)
+    assert denied.returncode == 1  # deny exits 1, for scripts
+    explained = json.loads(denied.stdout)
     assert explained["allowed"] is False
     explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--to",
                                    "onprem", "--json", data_dir=fed.dirs["edge"]).stdout)

@@ -42,7 +42,9 @@ def test_peers_authenticate_by_certificate_and_revocation_applies_live(tmp_path:
     try:
         url = peer_url(a)
         with httpx.Client(verify=client_ctx(b), timeout=10) as http:
-            assert http.get(f"{url}/peer/v1/hello").json() == {"node_id": "node-a", "you": "node-b"}
+            hello = http.get(f"{url}/peer/v1/hello").json()
+            assert hello.pop("time") > 0  # peers estimate clock offsets from it (node.clock)
+            assert hello == {"node_id": "node-a", "you": "node-b"}
             note = http.get(f"{url}/peer/v1/audit/checkpoint").json()["checkpoint"]
             # the app endpoint is plain HTTP and has no peer routes
         vkey = outpost("audit", "vkey", data_dir=a).stdout.strip()
