@@ -32,6 +32,7 @@ from typing import Any
 
 from node.config import CONFIG_FILE
 from node.enrollment import AUTHORITY_CERT, NODE_CERT
+from node.errors import OperatorError
 from node.keys import KEY_FILE
 from node.store import DB_FILE
 
@@ -40,7 +41,7 @@ FORMAT = "outpost-backup/1"
 _FILES = (CONFIG_FILE, KEY_FILE, NODE_CERT, AUTHORITY_CERT)
 
 
-class BackupError(RuntimeError):
+class BackupError(OperatorError, RuntimeError):
     """A backup or restore cannot be done; the message names the fix."""
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from federation.identity import CLOCK_SKEW
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.ports import RunningNode
 
 log = logging.getLogger("outpost.clock")
 
@@ -80,7 +80,7 @@ def judge(offsets: dict[str, float]) -> dict[str, Any]:
             "warning": warning}
 
 
-async def measure(daemon: Daemon) -> dict[str, float]:
+async def measure(daemon: RunningNode) -> dict[str, float]:
     """Offsets against up to :data:`PEERS_ASKED` live peers."""
     cluster, clients = daemon.cluster, daemon.peer_clients
     if cluster is None or clients is None:
@@ -103,7 +103,7 @@ async def measure(daemon: Daemon) -> dict[str, float]:
     return offsets
 
 
-async def watch_forever(daemon: Daemon, report: dict[str, Any]) -> None:
+async def watch_forever(daemon: RunningNode, report: dict[str, Any]) -> None:
     """Measure now and then; keep ``report`` current; warn while beyond the tolerance."""
     while True:
         offsets = await measure(daemon)

@@ -35,7 +35,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ from node.modelhost import ModelHost
 from node.peer import PeerApp, PeerCredentials, protocol_class
 from node.peerclient import PeerClients, audit_sink
 from node.ports import NoPeers, PeerDirectory
-from node.probe import probe, probe_gpus
+from node.probe import probe, probe_gpus, server_version
 from node.pull import Puller
 from node.pull import admin_route as pull_route
 from node.pull import peer_routes as pull_routes
@@ -85,13 +84,6 @@ from node.trail import peer_routes as trail_peer_routes
 log = logging.getLogger("outpost.daemon")
 
 EXIT_STARTUP_FAILURE = 3
-
-
-def server_version() -> str:
-    try:
-        return version("outpost")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 Stopper = tuple[str, Callable[[], Awaitable[Any]]]

@@ -36,11 +36,11 @@ from node.metrics import CONTENT_TYPE
 from node.renew import WARN_DAYS
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.ports import RunningNode
 
 
 class _DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon, audit_state: dict[str, float]) -> None:
+    def __init__(self, daemon: RunningNode, audit_state: dict[str, float]) -> None:
         self.daemon = daemon
         self.audit_state = audit_state
 
@@ -89,8 +89,8 @@ class _DaemonCollector(Collector):
                 value=1 if expiry - time.time() <= WARN_DAYS * 86400 else 0)
 
 
-def _build_info(daemon: Daemon) -> GaugeMetricFamily:
-    from node.daemon import server_version
+def _build_info(daemon: RunningNode) -> GaugeMetricFamily:
+    from node.probe import server_version
 
     backend = daemon.host.backend.describe().get("backend", "?") if daemon.host.backend else "-"
     try:
@@ -113,7 +113,7 @@ class _Static(Collector):
         yield self.metric
 
 
-def _time_audit(daemon: Daemon, state: dict[str, float]) -> None:
+def _time_audit(daemon: RunningNode, state: dict[str, float]) -> None:
     """Time every append until durable. Wraps the instance's ``append_bytes`` (``append``
     goes through it) instead of editing node.audit, whose write path changes elsewhere."""
     audit = daemon.audit
@@ -132,13 +132,13 @@ def _time_audit(daemon: Daemon, state: dict[str, float]) -> None:
         future.add_done_callback(done)
         return future  # type: ignore[no-any-return]
 
-    audit.append_bytes = timed  # type: ignore[method-assign]
+    audit.append_bytes = timed
 
 
 class MetricsApp:
     """``GET /metrics`` alone, for ``node.metrics_listen``."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: RunningNode) -> None:
         self.daemon = daemon
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,7 +151,7 @@ class MetricsApp:
                             [(b"content-type", CONTENT_TYPE.encode())])
 
 
-async def instrument(daemon: Daemon) -> None:
+async def instrument(daemon: RunningNode) -> None:
     """Attach the collectors, the audit timer and gossip counting; open ``metrics_listen``."""
     state: dict[str, float] = {}
     registry = daemon.metrics.registry
@@ -186,5 +186,5 @@ class _ClockCollector(Collector):
                                     "this node's (positive: this node is behind)", value=offset)
 
 
-def clock_gauge(daemon: Daemon, report: dict[str, Any]) -> None:
+def clock_gauge(daemon: RunningNode, report: dict[str, Any]) -> None:
     daemon.metrics.registry.register(_ClockCollector(report))

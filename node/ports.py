@@ -27,11 +27,15 @@ from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from federation.audit import AuditEntry
+    from federation.identity import NodeIdentity
     from federation.placement import Candidate
     from federation.policy_engine import PolicyEngine
     from models.blobs import BlobStore
     from node.modelhost import Served
+    from node.store import Store
 
 __all__ = ["AuditSink", "ModelSource", "NoPeers", "PeerDirectory", "PolicyView", "Spawner"]
 
@@ -97,3 +101,51 @@ class ModelSource(Protocol):
     def served(self) -> list[Served]: ...
 
     def resolve(self, name: str, version: str | None = None) -> Served: ...
+
+
+class RunningNode(Protocol):
+    """The running daemon as the operator-facing services see it (``node.service``,
+    ``node.obs``, ``node.renew``, ``node.clock``): read-mostly views of its components. Only
+    ``node.daemon`` builds one; these modules never import it."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def audit(self) -> Any: ...  # node.audit.AuditLog
+    @property
+    def host(self) -> Any: ...  # node.modelhost.ModelHost
+    @property
+    def metrics(self) -> Any: ...  # node.metrics.Metrics
+    @property
+    def admin(self) -> Any: ...  # node.admin.AdminApp
+    @property
+    def servers(self) -> list[Any]: ...
+    @property
+    def listen(self) -> str: ...
+    @property
+    def enrollment(self) -> Any: ...  # node.daemon.Enrollment | None
+    @property
+    def peer_clients(self) -> Any: ...  # node.peerclient.PeerClients | None
+
+    @property
+    def config(self) -> Any: ...  # node.config.Config
+
+    @property
+    def policy(self) -> Any: ...  # node.documents.PolicyState
+
+    @property
+    def policy_version(self) -> int | None: ...
+
+    @property
+    def identity(self) -> NodeIdentity | None: ...
+
+    @property
+    def credentials(self) -> Any: ...  # node.peer.PeerCredentials | None
+
+    @property
+    def cluster(self) -> Any: ...  # node.cluster.Cluster | None
+

@@ -78,3 +78,13 @@ def _ort_package() -> str:
         except PackageNotFoundError:
             continue
     return "unknown"
+
+
+def server_version() -> str:
+    """This Outpost's package version (``0+unknown`` when run from a tree not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("outpost")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -31,7 +31,7 @@ from node.http import HTTPError
 from node.keys import load_key
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.ports import RunningNode
 
 log = logging.getLogger("outpost.renew")
 
@@ -80,7 +80,7 @@ def is_renewal(data_dir: Path) -> bool:
     return (data_dir / NODE_CERT).exists()
 
 
-async def renew_live(daemon: Daemon, chain: bytes) -> dict[str, Any]:
+async def renew_live(daemon: RunningNode, chain: bytes) -> dict[str, Any]:
     """In the daemon: install ``chain`` (checked as at join) and use it from now on."""
     if daemon.enrollment is None:
         raise HTTPError(400, "this node runs unenrolled; stop it and `outpost join CERT`")
@@ -111,14 +111,14 @@ async def renew_live(daemon: Daemon, chain: bytes) -> dict[str, Any]:
             "renewed": True, "expiry": expiry(ident)}
 
 
-def admin_route(daemon: Daemon) -> Any:
+def admin_route(daemon: RunningNode) -> Any:
     async def route(payload: dict[str, Any], _rest: str) -> tuple[int, Any]:
         return 200, await renew_live(daemon, payload["certificate"].encode())
 
     return route
 
 
-async def warn_forever(daemon: Daemon, interval: float = CHECK_INTERVAL_S) -> None:
+async def warn_forever(daemon: RunningNode, interval: float = CHECK_INTERVAL_S) -> None:
     """Log the expiry warning now and every ``interval`` while inside the horizon."""
     while True:
         facts = expiry(daemon.identity)

@@ -24,7 +24,7 @@ from node import config as cfg
 from node import logs, notify
 
 if TYPE_CHECKING:
-    from node.daemon import Daemon
+    from node.ports import RunningNode
 
 log = logging.getLogger("outpost.service")
 
@@ -46,7 +46,7 @@ def changed_keys(old: cfg.Config, new: cfg.Config) -> list[tuple[str, str]]:
 class Service:
     """Hooks ``node.daemon.run`` calls around one running daemon."""
 
-    def __init__(self, daemon: Daemon, *, log_overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, daemon: RunningNode, *, log_overrides: dict[str, str] | None = None) -> None:
         self.daemon = daemon
         # `outpost run --log-level/--log-format` win over the file, on reload too.
         self.log_overrides = log_overrides or {}

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from node import config as cfg
 from node import control
+from node.errors import OperatorError
 
 # How long past node.drain_timeout_s to wait: model queues, audit close and the store close
 # follow the HTTP drain.
 STOP_MARGIN_S = 15.0
 
 
-class StopError(RuntimeError):
+class StopError(OperatorError, RuntimeError):
     """The daemon could not be stopped; the message names the fix."""
 
 

@@ -85,7 +85,7 @@ class TokenError(OperatorError, ValueError):
     """``token add``/``revoke`` input is wrong; the message names the fix."""
 
 
-class AuthFailure(Exception):
+class AuthFailure(OperatorError):
     """A request's credentials are refused.
 
     ``status`` is 401 (no, malformed, unknown, revoked, expired or tampered credentials), 403
