@@ -10,7 +10,6 @@ offline it opens the store under the data-directory lock. Both paths audit ``tok
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -20,12 +19,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node import config as cfg
-from node import control
 from node.appsock import AppSocketError, bind_app_socket, resolve_uids
 from node.audit import AuditLog
 from node.client import connect
-from node.enrollment import load_identity
 from node.keys import load_key
+from node.offline import OfflineNode, run_offline
 from node.store import Store
 from node.tokens import (
     AppAuth,
@@ -126,26 +124,14 @@ def admin_routes(admin: AdminApp, tokens: Tokens, audit: AuditLog) -> None:
 
 def _offline(data_dir: Path, holder: str,
              fn: Callable[[Tokens, AuditLog], Awaitable[T]]) -> T:
-    config = cfg.load(data_dir)
-    key = load_key(data_dir)
-    ident = load_identity(data_dir)
+    """Run ``fn`` on the tokens and audit log of a stopped node (``node.offline``)."""
 
-    async def go() -> T:
-        store = await Store.open(data_dir)
-        try:
-            audit = await AuditLog.open(store, key, config.node.name,
-                                        ident.federation if ident else None, config.audit)
-            try:
-                tokens = Tokens(store, _key_of(key))
-                await tokens.load()
-                return await fn(tokens, audit)
-            finally:
-                await audit.close()
-        finally:
-            await store.close()
+    async def go(node: OfflineNode) -> T:
+        tokens = Tokens(node.store, _key_of(load_key(data_dir)))
+        await tokens.load()
+        return await fn(tokens, node.audit)
 
-    with control.offline_lock(data_dir, holder):
-        return asyncio.run(go())
+    return run_offline(data_dir, holder, go)
 
 
 def token_add(data_dir: Path, name: str, attrs: dict[str, str], expires: str | None

@@ -61,8 +61,7 @@ def effective(data_dir: Path, flags: Mapping[Key, Any] | None = None,
               env: Mapping[str, str] | None = None) -> tuple[cfg.Config, dict[str, str]]:
     """The config ``outpost run`` uses, and ``{"section.key": source}`` for every key."""
     path = data_dir / cfg.CONFIG_FILE
-    if not path.exists():
-        cfg.load(data_dir)  # raises the "run outpost init" error
+    cfg.load(data_dir)  # one set of checks: missing, empty, damaged, no node name
     raw = read_file(path)
     file_config = cfg.from_dict(raw, source=str(path))
     merged: dict[str, dict[str, Any]] = {s: dict(v) for s, v in raw.items()}

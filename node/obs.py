@@ -73,10 +73,13 @@ class _DaemonCollector(Collector):
             yield GaugeMetricFamily("outpost_revocation_version", "Version of the revocation "
                                     "list in force", value=creds.revocations.version)
         evidence = GaugeMetricFamily("outpost_evidence", "Misbehaviour evidence held, by kind "
-                                     "(equivocation: two signed checkpoints of one size)",
+                                     "(equivocation: two signed checkpoints of one size; rollback: a "
+                                     "log that went back behind a checkpoint this node "
+                                     "witnessed)",
                                      labels=["kind"])
         evidence.add_metric(["equivocation"],
                             len(d.cluster.equivocations) if d.cluster is not None else 0)
+        evidence.add_metric(["rollback"], len(d.trail.rollbacks()))
         yield evidence
         if d.identity is not None:
             expiry = d.identity.not_valid_after.timestamp()

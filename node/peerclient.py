@@ -186,20 +186,15 @@ class PeerClients:
     def reload_certificate(self, cert_pem: bytes) -> None:
         """A renewed certificate of the same key: new connections present it."""
         self._cert_pem = cert_pem
-        if self.revocations is not None:
-            self.update_revocations(self.revocations)
-        else:
-            self._context = self._build_context()
-            old, self._sessions = self._sessions, {}
-            for session in old.values():
-                task = asyncio.get_running_loop().create_task(self._retire(session))
-                self._retiring.add(task)
-                task.add_done_callback(self._retiring.discard)
+        self._new_trust()
 
     def update_revocations(self, revocations: RevocationList) -> None:
         """New handshakes check ``revocations``; pooled connections are dropped (in-flight
         requests on them may finish for :data:`RETIRE_AFTER_S`)."""
         self.revocations = revocations
+        self._new_trust()
+
+    def _new_trust(self) -> None:
         self._context = self._build_context()
         old, self._sessions = self._sessions, {}
         for session in old.values():

@@ -149,3 +149,6 @@ class RunningNode(Protocol):
     @property
     def cluster(self) -> Any: ...  # node.cluster.Cluster | None
 
+    @property
+    def trail(self) -> Any: ...  # node.trail.Trail
+
