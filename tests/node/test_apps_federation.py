@@ -102,8 +102,10 @@ def test_per_app_policy_allows_one_app_and_refuses_another_on_the_same_model(
     assert metric(fed.procs["onprem"], "marketing", "denied") == 1
     assert metric(fed.procs["onprem"], "marketing", "ok") == 1
     onprem = fed.dirs["onprem"]
-    explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--app",
-                                   "marketing", "--json", data_dir=onprem).stdout)
+    denied = outpost("policy", "explain", "--data-class", "personal", "--app",
+                     "marketing", "--json", data_dir=onprem, check=False)
+    assert denied.returncode == 1  # a deny exits 1, for scripts
+    explained = json.loads(denied.stdout)
     assert explained["allowed"] is False and explained["app"]["attrs"] == {"purpose": "marketing"}
     explained = json.loads(outpost("policy", "explain", "--data-class", "personal", "--app",
                                    "diag", "--json", data_dir=onprem).stdout)
