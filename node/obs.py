@@ -21,6 +21,7 @@ The names, all documented in README "Metrics":
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ from node.renew import WARN_DAYS
 
 if TYPE_CHECKING:
     from node.ports import RunningNode
+
+log = logging.getLogger("outpost.obs")
 
 
 class _DaemonCollector(Collector):
@@ -175,7 +178,7 @@ async def instrument(daemon: RunningNode) -> None:
                                                  daemon.config.node.drain_timeout_s,
                                                  bounds=Bounds(max_body_bytes=1024)))
         host, port = sock.getsockname()[:2]
-        daemon.metrics_listen = f"{host}:{port}"  # type: ignore[attr-defined]
+        log.info("metrics on http://%s:%s/metrics", host, port)
 
 
 class _ClockCollector(Collector):
