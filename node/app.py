@@ -233,6 +233,9 @@ class OipApp:
         # to find its audit entry (errors too: OipApp.__call__).
         logs.request_id.set(request_id)
         trace.accept(header(scope, b"traceparent"))  # W3C trace context, carried on forwards
+        client = scope.get("client")
+        log.debug("infer %s:%s from %s as app %s", name, version or "latest",
+                  client[0] if client else "-", app.name)
         call = Call(model=name, version=version, body=b"", header_length=None,
                     caller=f"app:{app.name}", hops=0, request_id=request_id, app=app,
                     source=_source(scope, (scope.get("extensions") or {}).get(UID_KEY)))

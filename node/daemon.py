@@ -457,7 +457,11 @@ async def start(data_dir: Path, config: Config) -> Daemon:
     from node.obs import instrument  # gauges, audit timing, metrics_listen
 
     admin.route("POST", renew.RENEW_ROUTE, renew.admin_route(daemon))
-    await instrument(daemon)
+    try:
+        await instrument(daemon)  # may open node.metrics_listen
+    except BaseException:
+        await daemon.stop()  # everything is up by now: stop it whole, then report
+        raise
     control.write_runtime(data_dir, control.RuntimeInfo(
         pid=os.getpid(), listen=listen, admin_socket=str(data_dir / control.ADMIN_SOCKET),
         node_id=node_id, peer_listen=peer_listen,

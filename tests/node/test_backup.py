@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from node.testing import eventually
 from tests.conftest import outpost, start_daemon
 
 pytestmark = pytest.mark.integration
@@ -34,6 +35,7 @@ def test_online_backup_restores_a_node_whose_audit_verifies(
     writer = threading.Thread(target=traffic)
     writer.start()
     try:
+        eventually(lambda: answered, what="traffic is flowing before the backup starts")
         result = json.loads(outpost("backup", "-o", str(tmp_path / "bk"), "--json",
                                     data_dir=node_dir).stdout)
     finally:
