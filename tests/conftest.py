@@ -37,8 +37,9 @@ pytest_plugins = ["pytester"]  # tests/node/test_testing.py runs the guard on a 
 #: machine shared by ~8 test runs: at load average 11 the longest stall of any async test
 #: outside the selector was 0.25 s (time parked in the selector is not counted at all, see
 #: LoopBlockGuard); the real blocks found took 1-3 s (start_daemon 3.2 s, ray.shutdown 1.5 s,
-#: shutil.copytree 1.0 s under load, each on the loop). So 1 s, scaled by the run queue.
-LOOP_BLOCK_BASE_S = 2.0  # 1 s flaked once in a fixture teardown (1.05 s) on a busy CI run
+#: shutil.copytree 1.0 s under load, each on the loop). 1 s flaked once in a fixture
+#: teardown (1.05 s) on a busy run, so 2 s, scaled by the run queue.
+LOOP_BLOCK_BASE_S = 2.0
 #: Code on a starved CPU takes longer in proportion to the run queue per core (load average
 #: / cores; here it reached 15: a directory copy on the loop took 1.03 s at load average
 #: ~25). The threshold scales by that factor, capped, so the same blocking code trips it at
